@@ -1,0 +1,270 @@
+//! In-memory block cache: blocks of one object version keyed by (key, etag, index), bounded
+//! in bytes (LRU), with one fetch in flight per block that every reader of it shares.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use lru::LruCache;
+use tokio::sync::watch;
+
+use crate::store::StoreError;
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct BlockKey {
+    pub key: Arc<str>,
+    pub etag: Arc<str>,
+    pub index: u64,
+}
+
+#[derive(Clone, Debug)]
+pub enum BlockState {
+    Pending,
+    Ready(Bytes),
+    Failed(StoreError),
+}
+
+/// The outcome of asking for a block.
+pub enum Claim {
+    Ready(Bytes),
+    /// Someone else is fetching it: wait on this.
+    Wait(watch::Receiver<BlockState>),
+    /// Nobody is: the caller must fetch it and complete the slot.
+    Fetch(FetchSlot),
+}
+
+struct Inner {
+    lru: LruCache<BlockKey, Bytes>,
+    bytes: usize,
+    inflight: HashMap<BlockKey, watch::Receiver<BlockState>>,
+}
+
+#[derive(Default, Debug)]
+pub struct CacheStats {
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+    pub waits: AtomicU64,
+    pub evictions: AtomicU64,
+}
+
+pub struct BlockCache {
+    inner: Mutex<Inner>,
+    capacity: usize,
+    pub stats: CacheStats,
+}
+
+impl BlockCache {
+    pub fn new(capacity_bytes: usize) -> Arc<Self> {
+        Arc::new(BlockCache {
+            inner: Mutex::new(Inner {
+                lru: LruCache::unbounded(),
+                bytes: 0,
+                inflight: HashMap::new(),
+            }),
+            capacity: capacity_bytes,
+            stats: CacheStats::default(),
+        })
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Bytes held by cached blocks.
+    pub fn bytes(&self) -> usize {
+        self.lock().bytes
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // The critical sections cannot panic half-way; a poisoned lock still holds valid state.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether the block is cached or being fetched (no LRU promotion).
+    pub fn contains(&self, key: &BlockKey) -> bool {
+        let inner = self.lock();
+        inner.lru.contains(key) || inner.inflight.contains_key(key)
+    }
+
+    /// Returns the block, a fetch to wait on, or the duty to fetch it.
+    pub fn claim(self: &Arc<Self>, key: &BlockKey) -> Claim {
+        let mut inner = self.lock();
+        if let Some(b) = inner.lru.get(key) {
+            self.stats.hits.fetch_add(1, Ordering::Relaxed);
+            return Claim::Ready(b.clone());
+        }
+        if let Some(rx) = inner.inflight.get(key) {
+            self.stats.waits.fetch_add(1, Ordering::Relaxed);
+            return Claim::Wait(rx.clone());
+        }
+        self.stats.misses.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = watch::channel(BlockState::Pending);
+        inner.inflight.insert(key.clone(), rx);
+        Claim::Fetch(FetchSlot {
+            cache: self.clone(),
+            key: key.clone(),
+            tx: Some(tx),
+        })
+    }
+
+    fn finish(&self, key: &BlockKey, state: BlockState) -> BlockState {
+        let mut inner = self.lock();
+        inner.inflight.remove(key);
+        if let BlockState::Ready(b) = &state
+            && b.len() <= self.capacity
+        {
+            inner.bytes += b.len();
+            if let Some(old) = inner.lru.put(key.clone(), b.clone()) {
+                inner.bytes -= old.len();
+            }
+            while inner.bytes > self.capacity {
+                match inner.lru.pop_lru() {
+                    Some((_, old)) => {
+                        inner.bytes -= old.len();
+                        self.stats.evictions.fetch_add(1, Ordering::Relaxed);
+                    }
+                    None => break,
+                }
+            }
+        }
+        state
+    }
+
+    /// Drops every cached block of `key` (any version): used when an object is known to
+    /// have changed, so stale blocks do not occupy the budget.
+    pub fn forget_object(&self, key: &str) {
+        let mut inner = self.lock();
+        let stale: Vec<BlockKey> = inner
+            .lru
+            .iter()
+            .filter(|(k, _)| &*k.key == key)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in stale {
+            if let Some(b) = inner.lru.pop(&k) {
+                inner.bytes -= b.len();
+            }
+        }
+    }
+}
+
+/// The duty to fetch one block. Completing it wakes every waiter; dropping it without
+/// completing (a cancelled or panicked fetch) fails the waiters instead of hanging them.
+pub struct FetchSlot {
+    cache: Arc<BlockCache>,
+    key: BlockKey,
+    tx: Option<watch::Sender<BlockState>>,
+}
+
+impl FetchSlot {
+    pub fn key(&self) -> &BlockKey {
+        &self.key
+    }
+
+    /// A receiver that sees this slot's result, for a reader that also needs the block.
+    pub fn subscribe(&self) -> watch::Receiver<BlockState> {
+        match &self.tx {
+            Some(tx) => tx.subscribe(),
+            None => {
+                watch::channel(BlockState::Failed(StoreError::Transient(
+                    "block fetch already finished".into(),
+                )))
+                .1
+            }
+        }
+    }
+
+    pub fn complete(mut self, result: Result<Bytes, StoreError>) {
+        self.send(match result {
+            Ok(b) => BlockState::Ready(b),
+            Err(e) => BlockState::Failed(e),
+        });
+    }
+
+    fn send(&mut self, state: BlockState) {
+        if let Some(tx) = self.tx.take() {
+            let state = self.cache.finish(&self.key, state);
+            // No receivers left is fine: the block is cached for later readers.
+            let _ = tx.send(state);
+        }
+    }
+}
+
+impl Drop for FetchSlot {
+    fn drop(&mut self) {
+        self.send(BlockState::Failed(StoreError::Transient(
+            "block fetch abandoned".into(),
+        )));
+    }
+}
+
+/// Waits for a block fetched by someone else.
+pub async fn wait(mut rx: watch::Receiver<BlockState>) -> Result<Bytes, StoreError> {
+    let state = rx
+        .wait_for(|s| !matches!(s, BlockState::Pending))
+        .await
+        .map(|s| s.clone())
+        .unwrap_or(BlockState::Failed(StoreError::Transient(
+            "block fetch abandoned".into(),
+        )));
+    match state {
+        BlockState::Ready(b) => Ok(b),
+        BlockState::Failed(e) => Err(e),
+        BlockState::Pending => Err(StoreError::Transient("block fetch abandoned".into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(i: u64) -> BlockKey {
+        BlockKey {
+            key: "k".into(),
+            etag: "e".into(),
+            index: i,
+        }
+    }
+
+    #[tokio::test]
+    async fn single_flight_and_byte_bound() {
+        let c = BlockCache::new(10);
+        let slot = match c.claim(&key(0)) {
+            Claim::Fetch(s) => s,
+            _ => panic!("first claim must fetch"),
+        };
+        let rx = match c.claim(&key(0)) {
+            Claim::Wait(rx) => rx,
+            _ => panic!("second claim must wait"),
+        };
+        slot.complete(Ok(Bytes::from_static(b"123456")));
+        assert_eq!(wait(rx).await.unwrap(), Bytes::from_static(b"123456"));
+        assert!(matches!(c.claim(&key(0)), Claim::Ready(_)));
+        // A second 6-byte block exceeds 10 bytes: the least recently used one goes.
+        if let Claim::Fetch(s) = c.claim(&key(1)) {
+            s.complete(Ok(Bytes::from_static(b"abcdef")));
+        }
+        assert_eq!(c.bytes(), 6);
+        assert!(!c.contains(&key(0)));
+        assert!(c.contains(&key(1)));
+    }
+
+    #[tokio::test]
+    async fn abandoned_fetch_fails_waiters() {
+        let c = BlockCache::new(10);
+        let slot = match c.claim(&key(0)) {
+            Claim::Fetch(s) => s,
+            _ => panic!(),
+        };
+        let rx = match c.claim(&key(0)) {
+            Claim::Wait(rx) => rx,
+            _ => panic!(),
+        };
+        drop(slot);
+        assert!(wait(rx).await.is_err());
+        // And the next reader fetches afresh.
+        assert!(matches!(c.claim(&key(0)), Claim::Fetch(_)));
+    }
+}

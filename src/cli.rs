@@ -1,0 +1,280 @@
+//! Command line and environment: every option of `mount` can also be set from an
+//! environment variable (`S3_OIDC_MOUNT_*`), since containers are configured that way.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::fs::names;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "s3-oidc-mount",
+    version,
+    about = "Mount an S3 bucket prefix as a directory, with keyless credentials"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+
+    /// Log filter: a level (error, warn, info, debug, trace) or tracing directives.
+    #[arg(
+        long,
+        global = true,
+        env = "S3_OIDC_MOUNT_LOG_LEVEL",
+        default_value = "info"
+    )]
+    pub log_level: String,
+
+    /// Log format: text for terminals, json (one object per line) for log collectors.
+    #[arg(long, global = true, env = "S3_OIDC_MOUNT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Mount s3://BUCKET[/PREFIX] read-only at MOUNTPOINT and serve it in the foreground
+    /// until SIGTERM/SIGINT (then unmount and exit 0).
+    Mount(MountArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct MountArgs {
+    /// What to mount: s3://BUCKET or s3://BUCKET/PREFIX.
+    #[arg(env = "S3_OIDC_MOUNT_SOURCE", value_name = "s3://BUCKET[/PREFIX]")]
+    pub source: String,
+
+    /// An existing, empty directory to mount on.
+    #[arg(env = "S3_OIDC_MOUNT_MOUNTPOINT", value_name = "MOUNTPOINT")]
+    pub mountpoint: PathBuf,
+
+    /// S3 endpoint URL (e.g. http://127.0.0.1:7480); default: AWS_ENDPOINT_URL_S3,
+    /// AWS_ENDPOINT_URL, else AWS S3 for the region.
+    #[arg(long, env = "S3_OIDC_MOUNT_ENDPOINT_URL", value_parser = parse_url)]
+    pub endpoint_url: Option<String>,
+
+    /// AWS region of the bucket; default: AWS_REGION, AWS_DEFAULT_REGION, else us-east-1.
+    #[arg(long, env = "S3_OIDC_MOUNT_REGION")]
+    pub region: Option<String>,
+
+    /// Use path-style URLs (http://host/bucket/key), as most S3-compatible servers need.
+    #[arg(long, env = "S3_OIDC_MOUNT_FORCE_PATH_STYLE")]
+    pub force_path_style: bool,
+
+    /// Owner of every file and directory; default: the daemon's user.
+    #[arg(long, env = "S3_OIDC_MOUNT_UID")]
+    pub uid: Option<u32>,
+
+    /// Group of every file and directory; default: the daemon's group.
+    #[arg(long, env = "S3_OIDC_MOUNT_GID")]
+    pub gid: Option<u32>,
+
+    /// Permission bits of files (octal).
+    #[arg(long, env = "S3_OIDC_MOUNT_FILE_MODE", default_value = "0444", value_parser = parse_mode)]
+    pub file_mode: u16,
+
+    /// Permission bits of directories (octal).
+    #[arg(long, env = "S3_OIDC_MOUNT_DIR_MODE", default_value = "0555", value_parser = parse_mode)]
+    pub dir_mode: u16,
+
+    /// Let users other than the daemon's access the mount (FUSE allow_other).
+    #[arg(long, env = "S3_OIDC_MOUNT_ALLOW_OTHER")]
+    pub allow_other: bool,
+
+    /// How long file attributes and directory listings are trusted before S3 is asked
+    /// again (e.g. 60s, 500ms, 5m; 0 = always ask).
+    #[arg(long, env = "S3_OIDC_MOUNT_METADATA_TTL", default_value = "60s", value_parser = parse_duration)]
+    pub metadata_ttl: Duration,
+
+    /// Memory budget of the block cache and prefetch, in bytes with binary units
+    /// (e.g. 512MiB, 2G); default: a quarter of the cgroup memory limit (64 MiB..2 GiB),
+    /// or 512 MiB without a limit.
+    #[arg(long, env = "S3_OIDC_MOUNT_CACHE_SIZE", value_parser = parse_size)]
+    pub cache_size: Option<u64>,
+
+    /// Size of one ranged GET for sequential reads (binary units, 1MiB..64MiB).
+    #[arg(long, env = "S3_OIDC_MOUNT_PART_SIZE", default_value = "8MiB", value_parser = parse_part_size)]
+    pub part_size: u64,
+
+    /// FUSE worker threads.
+    #[arg(long, env = "S3_OIDC_MOUNT_FUSE_THREADS", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub fuse_threads: u16,
+}
+
+/// `s3://BUCKET[/PREFIX]` split and checked: the prefix is "" or ends in `/`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Source {
+    pub bucket: String,
+    pub prefix: String,
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "s3://{}/{}", self.bucket, self.prefix)
+    }
+}
+
+pub fn parse_source(s: &str) -> Result<Source, String> {
+    let rest = s
+        .strip_prefix("s3://")
+        .ok_or_else(|| format!("{s:?} is not an S3 URL: expected s3://BUCKET[/PREFIX]"))?;
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    check_bucket(bucket)?;
+    let prefix = names::normalize_prefix(prefix)?;
+    Ok(Source {
+        bucket: bucket.to_string(),
+        prefix,
+    })
+}
+
+/// S3's bucket naming rules (3-63 characters of a-z 0-9 . -, starting and ending with a
+/// letter or digit), so a typo fails here rather than as a confusing HTTP error.
+fn check_bucket(b: &str) -> Result<(), String> {
+    let ok_chars = b
+        .bytes()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'.' || c == b'-');
+    let ends_ok = |c: Option<u8>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    if (3..=63).contains(&b.len())
+        && ok_chars
+        && ends_ok(b.bytes().next())
+        && ends_ok(b.bytes().last())
+        && !b.contains("..")
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid bucket name {b:?}: 3-63 characters of a-z, 0-9, '.', '-', starting and ending with a letter or digit"
+        ))
+    }
+}
+
+fn parse_url(s: &str) -> Result<String, String> {
+    let ok = (s.starts_with("http://") || s.starts_with("https://"))
+        && s.len() > "https://".len()
+        && !s.contains(char::is_whitespace);
+    if ok {
+        Ok(s.trim_end_matches('/').to_string())
+    } else {
+        Err(format!("{s:?} is not an http:// or https:// URL"))
+    }
+}
+
+pub fn parse_mode(s: &str) -> Result<u16, String> {
+    let digits = s.strip_prefix("0o").unwrap_or(s);
+    match u16::from_str_radix(digits, 8) {
+        Ok(m) if m <= 0o7777 => Ok(m),
+        _ => Err(format!("{s:?} is not an octal mode such as 0444 or 755")),
+    }
+}
+
+/// Sizes in bytes with optional binary units: 4096, 64k, 512M, 512MiB, 2G, 1GiB.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size such as 512MiB, 2G or 1048576"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
+        _ => {
+            return Err(format!(
+                "{s:?}: unknown size unit {unit:?} (use k, M, G, T)"
+            ));
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+fn parse_part_size(s: &str) -> Result<u64, String> {
+    let n = parse_size(s)?;
+    if (1 << 20..=64 << 20).contains(&n) {
+        Ok(n)
+    } else {
+        Err(format!("part size {s:?} must be between 1MiB and 64MiB"))
+    }
+}
+
+/// Durations: 60s, 500ms, 5m, 1h, or a plain number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration such as 60s, 500ms or 5m"))?;
+    let d = match unit {
+        "" | "s" => Duration::from_secs(n),
+        "ms" => Duration::from_millis(n),
+        "m" | "min" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        _ => {
+            return Err(format!(
+                "{s:?}: unknown duration unit {unit:?} (use ms, s, m, h)"
+            ));
+        }
+    };
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources() {
+        assert_eq!(
+            parse_source("s3://my-bucket").unwrap(),
+            Source {
+                bucket: "my-bucket".into(),
+                prefix: "".into()
+            }
+        );
+        assert_eq!(parse_source("s3://b.c1/x/y").unwrap().prefix, "x/y/");
+        assert_eq!(parse_source("s3://b.c1/x/y/").unwrap().prefix, "x/y/");
+        for bad in [
+            "b",
+            "s3://",
+            "s3://ab",
+            "s3://Upper",
+            "s3://-ab",
+            "s3://a..b",
+            "s3://ok-bucket/a/../b",
+            "s3://ok-bucket/a//b",
+        ] {
+            assert!(parse_source(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn sizes_modes_durations() {
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert_eq!(parse_size("64k").unwrap(), 65536);
+        assert_eq!(parse_size("512MiB").unwrap(), 512 << 20);
+        assert_eq!(parse_size("2G").unwrap(), 2 << 30);
+        assert!(parse_size("12 parsecs").is_err());
+        assert!(parse_size("-1").is_err());
+        assert!(parse_size("99999999999T").is_err());
+        assert_eq!(parse_mode("0444").unwrap(), 0o444);
+        assert_eq!(parse_mode("755").unwrap(), 0o755);
+        assert!(parse_mode("999").is_err());
+        assert!(parse_mode("17777").is_err());
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
+        assert!(parse_duration("5 fortnights").is_err());
+        assert!(parse_part_size("512k").is_err());
+    }
+}

@@ -1,0 +1,504 @@
+//! The filesystem, free of FUSE types: inodes, listings, handles and reads over an
+//! `ObjectStore`. The FUSE adapter (`crate::fuse`) only translates calls and replies.
+
+pub mod dirs;
+pub mod inodes;
+pub mod names;
+pub mod read;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::cache::BlockCache;
+use crate::store::{ObjectStore, StoreError};
+use dirs::{DirCache, DirEntry, HiddenLog, Listing};
+use inodes::{Ino, Inode, InodeTable, Kind, ObjStat, ROOT};
+use read::FileHandle;
+
+/// Settings of the filesystem core.
+#[derive(Clone, Debug)]
+pub struct FsConfig {
+    /// Mount prefix: "" or ending in `/`.
+    pub prefix: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub file_mode: u16,
+    pub dir_mode: u16,
+    /// How long attributes and listings are trusted.
+    pub metadata_ttl: Duration,
+    /// Cache block size (bytes).
+    pub block_size: u64,
+    /// Largest single ranged GET (bytes); sequential reads fetch parts of this size.
+    pub part_size: u64,
+    /// Most bytes fetched ahead of a sequential reader.
+    pub max_prefetch: u64,
+    /// Attempts for a ranged GET whose failure is transient (on top of the SDK's retries).
+    pub read_attempts: u32,
+}
+
+impl Default for FsConfig {
+    fn default() -> Self {
+        FsConfig {
+            prefix: String::new(),
+            uid: 0,
+            gid: 0,
+            file_mode: 0o444,
+            dir_mode: 0o555,
+            metadata_ttl: Duration::from_secs(60),
+            block_size: 1 << 20,
+            part_size: 8 << 20,
+            max_prefetch: 64 << 20,
+            read_attempts: 4,
+        }
+    }
+}
+
+/// File attributes as the filesystem reports them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attr {
+    pub ino: Ino,
+    pub kind: Kind,
+    pub size: u64,
+    pub mtime: SystemTime,
+    pub perm: u16,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum FsError {
+    #[error("no such file or directory")]
+    NotFound,
+    #[error("not a directory")]
+    NotDir,
+    #[error("is a directory")]
+    IsDir,
+    #[error("read-only file system")]
+    ReadOnly,
+    #[error("bad file handle")]
+    BadHandle,
+    #[error("object changed or was deleted since it was opened")]
+    Stale,
+    #[error("access denied: {0}")]
+    Access(String),
+    #[error("I/O error: {0}")]
+    Io(String),
+}
+
+impl FsError {
+    pub fn errno(&self) -> i32 {
+        match self {
+            FsError::NotFound => libc::ENOENT,
+            FsError::NotDir => libc::ENOTDIR,
+            FsError::IsDir => libc::EISDIR,
+            FsError::ReadOnly => libc::EROFS,
+            FsError::BadHandle => libc::EBADF,
+            FsError::Stale | FsError::Io(_) => libc::EIO,
+            FsError::Access(_) => libc::EACCES,
+        }
+    }
+}
+
+impl From<StoreError> for FsError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound => FsError::NotFound,
+            StoreError::PreconditionFailed => FsError::Stale,
+            StoreError::AccessDenied { .. } | StoreError::Credentials(_) => {
+                FsError::Access(e.to_string())
+            }
+            other => FsError::Io(other.to_string()),
+        }
+    }
+}
+
+/// One entry of a directory read, at position `offset` (the kernel's cookie for it).
+#[derive(Clone, Debug)]
+pub struct ReaddirEntry {
+    pub offset: u64,
+    pub name: Arc<str>,
+    pub kind: Kind,
+    /// Index into the listing, or `None` for "." and "..".
+    entry: Option<usize>,
+}
+
+impl ReaddirEntry {
+    /// Whether readdirplus counts a kernel reference for this entry ("." and ".." take none).
+    pub fn is_counted(&self) -> bool {
+        self.entry.is_some()
+    }
+}
+
+struct DirHandle {
+    ino: Ino,
+    parent: Ino,
+    listing: Arc<Listing>,
+}
+
+pub struct Fs<S> {
+    store: Arc<S>,
+    cfg: FsConfig,
+    inodes: Mutex<InodeTable>,
+    dirs: DirCache,
+    hidden: HiddenLog,
+    files: Mutex<HashMap<u64, Arc<FileHandle>>>,
+    dir_handles: Mutex<HashMap<u64, Arc<DirHandle>>>,
+    next_fh: AtomicU64,
+    cache: Arc<BlockCache>,
+    mounted_at: SystemTime,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Critical sections here do not panic half-way; a poisoned lock still holds valid state.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl<S: ObjectStore> Fs<S> {
+    pub fn new(store: Arc<S>, cfg: FsConfig, cache: Arc<BlockCache>) -> Arc<Self> {
+        Arc::new(Fs {
+            inodes: Mutex::new(InodeTable::new(&cfg.prefix)),
+            dirs: DirCache::new(cfg.metadata_ttl),
+            hidden: HiddenLog::default(),
+            files: Mutex::new(HashMap::new()),
+            dir_handles: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            store,
+            cfg,
+            cache,
+            mounted_at: SystemTime::now(),
+        })
+    }
+
+    pub fn config(&self) -> &FsConfig {
+        &self.cfg
+    }
+
+    pub fn cache(&self) -> &Arc<BlockCache> {
+        &self.cache
+    }
+
+    /// Inodes currently known (for tests and diagnostics).
+    pub fn inode_count(&self) -> usize {
+        lock(&self.inodes).len()
+    }
+
+    fn attr_of(&self, ino: Ino, node: &Inode) -> Attr {
+        match (&node.kind, &node.stat) {
+            (Kind::File, Some(st)) => Attr {
+                ino,
+                kind: Kind::File,
+                size: st.size,
+                mtime: st.mtime,
+                perm: self.cfg.file_mode,
+                uid: self.cfg.uid,
+                gid: self.cfg.gid,
+            },
+            _ => Attr {
+                ino,
+                kind: node.kind,
+                size: 0,
+                mtime: self.mounted_at,
+                perm: if node.kind == Kind::Dir {
+                    self.cfg.dir_mode
+                } else {
+                    self.cfg.file_mode
+                },
+                uid: self.cfg.uid,
+                gid: self.cfg.gid,
+            },
+        }
+    }
+
+    fn node(&self, ino: Ino) -> Result<Inode, FsError> {
+        lock(&self.inodes)
+            .get(ino)
+            .cloned()
+            .ok_or(FsError::NotFound)
+    }
+
+    fn dir_node(&self, ino: Ino) -> Result<Inode, FsError> {
+        let node = self.node(ino)?;
+        if node.kind != Kind::Dir {
+            return Err(FsError::NotDir);
+        }
+        Ok(node)
+    }
+
+    fn child_key(dir: &Inode, name: &str, kind: Kind) -> String {
+        match kind {
+            Kind::File => format!("{}{name}", dir.key),
+            Kind::Dir => format!("{}{name}/", dir.key),
+        }
+    }
+
+    /// Records an entry as known to the kernel (one lookup reference) and returns its attributes.
+    fn remember(&self, parent: Ino, dir: &Inode, e: &DirEntry) -> Attr {
+        let key = Self::child_key(dir, &e.name, e.kind);
+        let valid_until = Instant::now() + self.cfg.metadata_ttl;
+        let mut t = lock(&self.inodes);
+        let (ino, node) = t.upsert(parent, &e.name, &key, e.kind, e.stat.clone(), valid_until);
+        self.attr_of(ino, node)
+    }
+
+    /// Looks `name` up in `parent`, counting one kernel reference on success.
+    pub async fn lookup(&self, parent: Ino, name: &str) -> Result<Attr, FsError> {
+        let dir = self.dir_node(parent)?;
+        if names::check_name(name).is_err() {
+            return Err(FsError::NotFound);
+        }
+        if let Some(listing) = self.dirs.fresh(parent) {
+            let e = listing.find(name).ok_or(FsError::NotFound)?;
+            return Ok(self.remember(parent, &dir, e));
+        }
+        let entry = self.probe(&dir, name).await?;
+        Ok(self.remember(parent, &dir, &entry))
+    }
+
+    /// Asks S3 whether `name` under `dir` is a directory (any key below `name/`) or a file.
+    /// Both requests go out at once; the directory wins, as in listings.
+    async fn probe(&self, dir: &Inode, name: &str) -> Result<DirEntry, FsError> {
+        let file_key = Self::child_key(dir, name, Kind::File);
+        let dir_key = Self::child_key(dir, name, Kind::Dir);
+        let (head, list) = tokio::join!(
+            self.store.head(&file_key),
+            self.store.list_page(&dir_key, true, None, Some(1))
+        );
+        let list = list?;
+        if !list.objects.is_empty() || !list.prefixes.is_empty() {
+            if head.is_ok() {
+                self.hidden
+                    .hidden(&file_key, names::Hidden::ShadowedByDirectory);
+            }
+            return Ok(DirEntry {
+                name: name.into(),
+                kind: Kind::Dir,
+                stat: None,
+            });
+        }
+        match head {
+            Ok(meta) => Ok(DirEntry {
+                name: name.into(),
+                kind: Kind::File,
+                stat: Some(ObjStat {
+                    size: meta.size,
+                    mtime: meta.last_modified,
+                    etag: meta.etag.as_str().into(),
+                }),
+            }),
+            // With ListBucket granted only under a prefix, S3 answers HEAD of a missing key
+            // with 403: the LIST above worked, so this is "not found".
+            Err(StoreError::AccessDenied { code, .. }) => {
+                tracing::debug!(key = %file_key, %code, "HEAD denied, treated as not found");
+                Err(FsError::NotFound)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Attributes of `ino`, asking S3 again once they are older than the TTL.
+    pub async fn getattr(&self, ino: Ino) -> Result<Attr, FsError> {
+        let node = self.node(ino)?;
+        if node.kind == Kind::Dir || node.valid_until > Instant::now() {
+            return Ok(self.attr_of(ino, &node));
+        }
+        let node = self.refresh_file(ino, &node).await?;
+        Ok(self.attr_of(ino, &node))
+    }
+
+    async fn refresh_file(&self, ino: Ino, node: &Inode) -> Result<Inode, FsError> {
+        let meta = self.store.head(&node.key).await?;
+        let stat = ObjStat {
+            size: meta.size,
+            mtime: meta.last_modified,
+            etag: meta.etag.as_str().into(),
+        };
+        let mut t = lock(&self.inodes);
+        let n = t.get_mut(ino).ok_or(FsError::NotFound)?;
+        n.stat = Some(stat);
+        n.valid_until = Instant::now() + self.cfg.metadata_ttl;
+        Ok(n.clone())
+    }
+
+    pub fn forget(&self, ino: Ino, n: u64) {
+        lock(&self.inodes).forget(ino, n);
+    }
+
+    /// The listing of directory `ino`, from the cache while fresh.
+    async fn listing(&self, ino: Ino, dir: &Inode) -> Result<Arc<Listing>, FsError> {
+        if let Some(l) = self.dirs.fresh(ino) {
+            return Ok(l);
+        }
+        let listing = Arc::new(dirs::list_dir(&*self.store, &dir.key, &self.hidden).await?);
+        self.dirs.insert(ino, listing.clone());
+        Ok(listing)
+    }
+
+    /// Opens directory `ino`: its listing is taken once here, so offsets stay stable
+    /// across the readdir calls of this handle.
+    pub async fn opendir(&self, ino: Ino) -> Result<u64, FsError> {
+        let dir = self.dir_node(ino)?;
+        let listing = self.listing(ino, &dir).await?;
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        lock(&self.dir_handles).insert(
+            fh,
+            Arc::new(DirHandle {
+                ino,
+                parent: dir.parent,
+                listing,
+            }),
+        );
+        Ok(fh)
+    }
+
+    fn dir_handle(&self, fh: u64) -> Result<Arc<DirHandle>, FsError> {
+        lock(&self.dir_handles)
+            .get(&fh)
+            .cloned()
+            .ok_or(FsError::BadHandle)
+    }
+
+    /// Up to `max` entries from position `offset` ("." and ".." first).
+    pub fn readdir(&self, fh: u64, offset: u64, max: usize) -> Result<Vec<ReaddirEntry>, FsError> {
+        let h = self.dir_handle(fh)?;
+        let total = h.listing.entries.len() as u64 + 2;
+        let out = (offset..total)
+            .take(max)
+            .map(|pos| match pos {
+                0 => ReaddirEntry {
+                    offset: 1,
+                    name: ".".into(),
+                    kind: Kind::Dir,
+                    entry: None,
+                },
+                1 => ReaddirEntry {
+                    offset: 2,
+                    name: "..".into(),
+                    kind: Kind::Dir,
+                    entry: None,
+                },
+                p => {
+                    let e = &h.listing.entries[(p - 2) as usize];
+                    ReaddirEntry {
+                        offset: p + 1,
+                        name: e.name.clone(),
+                        kind: e.kind,
+                        entry: Some((p - 2) as usize),
+                    }
+                }
+            })
+            .collect();
+        Ok(out)
+    }
+
+    /// An inode number for a plain readdir entry, which takes no kernel reference: the
+    /// known inode if there is one, else a stable number outside the allocated range.
+    pub fn readdir_ino(&self, fh: u64, e: &ReaddirEntry) -> u64 {
+        let Ok(h) = self.dir_handle(fh) else {
+            return 0;
+        };
+        match (e.entry, &*e.name) {
+            (None, ".") => h.ino,
+            (None, _) => h.parent,
+            (Some(_), name) => {
+                let t = lock(&self.inodes);
+                if let Some(ino) = t.lookup_name(h.ino, name) {
+                    return ino;
+                }
+                use std::hash::{BuildHasher, BuildHasherDefault};
+                let hasher =
+                    BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default();
+                (1 << 63) | hasher.hash_one((h.ino, name))
+            }
+        }
+    }
+
+    /// For readdirplus: the attributes of an entry, counting one kernel reference for
+    /// real entries ("." and ".." take none). Call `forget(ino, 1)` if the entry could
+    /// not be sent.
+    pub fn readdirplus_attr(&self, fh: u64, e: &ReaddirEntry) -> Result<Attr, FsError> {
+        let h = self.dir_handle(fh)?;
+        match e.entry {
+            None => {
+                let ino = if &*e.name == "." { h.ino } else { h.parent };
+                let node = self.node(ino)?;
+                Ok(self.attr_of(ino, &node))
+            }
+            Some(i) => {
+                let dir = self.node(h.ino)?;
+                Ok(self.remember(h.ino, &dir, &h.listing.entries[i]))
+            }
+        }
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        lock(&self.dir_handles).remove(&fh);
+    }
+
+    /// Opens a file for reading, pinning the object version (ETag) it will read.
+    /// Returns the handle and whether the kernel may keep its page cache (same version
+    /// as the last open).
+    pub async fn open(&self, ino: Ino, write: bool) -> Result<(u64, bool), FsError> {
+        if write {
+            return Err(FsError::ReadOnly);
+        }
+        let mut node = self.node(ino)?;
+        if node.kind == Kind::Dir {
+            return Err(FsError::IsDir);
+        }
+        if node.valid_until <= Instant::now() || node.stat.is_none() {
+            node = self.refresh_file(ino, &node).await?;
+        }
+        let stat = node.stat.clone().ok_or(FsError::NotFound)?;
+        // The kernel may keep cached pages only if they are of the version opened now.
+        let keep_cache = match lock(&self.inodes).get_mut(ino) {
+            Some(n) => {
+                let same = n.opened_etag.as_deref() == Some(&*stat.etag);
+                n.opened_etag = Some(stat.etag.clone());
+                same
+            }
+            None => false,
+        };
+        let handle = Arc::new(FileHandle::new(ino, node.key.clone(), stat));
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        lock(&self.files).insert(fh, handle);
+        Ok((fh, keep_cache))
+    }
+
+    pub fn release(&self, fh: u64) {
+        lock(&self.files).remove(&fh);
+    }
+
+    fn file_handle(&self, fh: u64) -> Result<Arc<FileHandle>, FsError> {
+        lock(&self.files)
+            .get(&fh)
+            .cloned()
+            .ok_or(FsError::BadHandle)
+    }
+
+    /// Reads up to `size` bytes at `offset` of the version pinned by handle `fh`.
+    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<bytes::Bytes, FsError> {
+        let h = self.file_handle(fh)?;
+        match read::read(&self.store, &self.cache, &self.cfg, &h, offset, size).await {
+            Err(FsError::Stale) => {
+                // The object changed or vanished: make the next open look again, and drop
+                // blocks of the old version.
+                tracing::warn!(key = %h.key, etag = %h.stat.etag, "object changed since open; read fails");
+                lock(&self.inodes).invalidate(h.ino);
+                self.cache.forget_object(&h.key);
+                Err(FsError::Stale)
+            }
+            other => other,
+        }
+    }
+
+    /// Drops the cached listing of a directory (tests; future invalidation).
+    pub fn invalidate_dir(&self, ino: Ino) {
+        self.dirs.remove(ino);
+    }
+
+    pub fn root(&self) -> Ino {
+        ROOT
+    }
+}

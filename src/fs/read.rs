@@ -1,0 +1,305 @@
+//! The read path: open handles pin one object version; reads are served from the block
+//! cache, missing blocks are fetched with ranged GETs (If-Match the pinned ETag), and a
+//! sequential reader gets a growing window of blocks prefetched in parallel parts.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures::StreamExt;
+
+use super::inodes::{Ino, ObjStat};
+use super::{FsConfig, FsError};
+use crate::cache::{self, BlockCache, BlockKey, Claim, FetchSlot};
+use crate::store::{ObjectStore, StoreError};
+
+/// Longest wait for the next chunk of a response body before the GET counts as failed.
+const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub struct FileHandle {
+    pub ino: Ino,
+    pub key: Arc<str>,
+    pub stat: ObjStat,
+    seq: Mutex<SeqState>,
+}
+
+impl FileHandle {
+    pub fn new(ino: Ino, key: Arc<str>, stat: ObjStat) -> Self {
+        FileHandle {
+            ino,
+            key,
+            stat,
+            seq: Mutex::new(SeqState::default()),
+        }
+    }
+}
+
+/// Sequential-access detection for one handle.
+#[derive(Default)]
+struct SeqState {
+    /// Where the next sequential read would start.
+    next: u64,
+    /// Blocks to keep fetched ahead of the reader.
+    window: u64,
+}
+
+impl SeqState {
+    /// Updates the state for a read of `[offset, end)` and returns the prefetch window
+    /// in blocks. Reads near the expected position count as sequential: the kernel's
+    /// readahead sends several reads at once, which can arrive slightly out of order.
+    fn on_read(&mut self, offset: u64, end: u64, slack: u64, max_window: u64) -> u64 {
+        let near = offset.abs_diff(self.next) <= slack;
+        self.window = if near {
+            (self.window * 2).clamp(1, max_window.max(1))
+        } else {
+            0
+        };
+        self.next = if near { self.next.max(end) } else { end };
+        self.window
+    }
+}
+
+fn block_key(h: &FileHandle, index: u64) -> BlockKey {
+    BlockKey {
+        key: h.key.clone(),
+        etag: h.stat.etag.clone(),
+        index,
+    }
+}
+
+pub async fn read<S: ObjectStore>(
+    store: &Arc<S>,
+    cache: &Arc<BlockCache>,
+    cfg: &FsConfig,
+    h: &Arc<FileHandle>,
+    offset: u64,
+    size: u32,
+) -> Result<Bytes, FsError> {
+    let file_size = h.stat.size;
+    if offset >= file_size || size == 0 {
+        return Ok(Bytes::new());
+    }
+    let end = (offset + u64::from(size)).min(file_size);
+    let bs = cfg.block_size.max(4096);
+    let first = offset / bs;
+    let last = (end - 1) / bs;
+    let last_block = (file_size - 1) / bs;
+
+    // Prefetch may hold at most a quarter of the cache, so it cannot evict itself.
+    let max_window = (cfg.max_prefetch.min(cache.capacity() as u64 / 4) / bs).max(1);
+    let window = {
+        let mut seq = h.seq.lock().unwrap_or_else(|e| e.into_inner());
+        seq.on_read(offset, end, cfg.part_size.max(bs) * 2, max_window)
+    };
+    let upto = (last + window).min(last_block);
+    let part_blocks = (cfg.part_size / bs).max(1) as usize;
+
+    let mut wanted = Vec::with_capacity((last - first + 1) as usize);
+    let mut run: Vec<FetchSlot> = Vec::new();
+    for index in first..=upto {
+        let key = block_key(h, index);
+        let demanded = index <= last;
+        match cache.claim(&key) {
+            Claim::Ready(b) => {
+                if demanded {
+                    wanted.push(Ok(b));
+                }
+                spawn_run(store, cfg, h, &mut run);
+            }
+            Claim::Wait(rx) => {
+                if demanded {
+                    wanted.push(Err(rx));
+                }
+                spawn_run(store, cfg, h, &mut run);
+            }
+            Claim::Fetch(slot) => {
+                if demanded {
+                    wanted.push(Err(slot.subscribe()));
+                }
+                run.push(slot);
+                // Demanded blocks go in their own GET, so the reader does not wait for
+                // prefetched data; prefetch goes in parts of `part_size`.
+                if index == last || run.len() >= part_blocks {
+                    spawn_run(store, cfg, h, &mut run);
+                }
+            }
+        }
+    }
+    spawn_run(store, cfg, h, &mut run);
+
+    let mut blocks = Vec::with_capacity(wanted.len());
+    for w in wanted {
+        blocks.push(match w {
+            Ok(b) => b,
+            Err(rx) => cache::wait(rx).await.map_err(FsError::from)?,
+        });
+    }
+    assemble(&blocks, first, bs, offset, end)
+}
+
+/// Cuts `[offset, end)` out of consecutive blocks starting at block `first`.
+fn assemble(
+    blocks: &[Bytes],
+    first: u64,
+    bs: u64,
+    offset: u64,
+    end: u64,
+) -> Result<Bytes, FsError> {
+    let mut parts = Vec::with_capacity(blocks.len());
+    for (i, b) in blocks.iter().enumerate() {
+        let base = (first + i as u64) * bs;
+        let from = offset.saturating_sub(base) as usize;
+        let to = (end - base).min(bs) as usize;
+        if to > b.len() || from > to {
+            return Err(FsError::Io(format!(
+                "block {} has {} bytes, needed {from}..{to}",
+                first + i as u64,
+                b.len()
+            )));
+        }
+        parts.push(b.slice(from..to));
+    }
+    if parts.len() == 1 {
+        return Ok(parts.pop().unwrap_or_default());
+    }
+    let mut out = BytesMut::with_capacity((end - offset) as usize);
+    for p in parts {
+        out.extend_from_slice(&p);
+    }
+    Ok(out.freeze())
+}
+
+fn spawn_run<S: ObjectStore>(
+    store: &Arc<S>,
+    cfg: &FsConfig,
+    h: &Arc<FileHandle>,
+    run: &mut Vec<FetchSlot>,
+) {
+    if run.is_empty() {
+        return;
+    }
+    let slots: VecDeque<FetchSlot> = std::mem::take(run).into();
+    let store = store.clone();
+    let h = h.clone();
+    let bs = cfg.block_size.max(4096);
+    let attempts = cfg.read_attempts.max(1);
+    tokio::spawn(async move { fetch_run(&*store, &h, bs, attempts, slots).await });
+}
+
+/// Fetches consecutive blocks with one ranged GET, completing each block as soon as its
+/// bytes are in. A transient failure resumes from the first incomplete block, with
+/// bounded, jittered backoff; the last error fails the remaining blocks.
+async fn fetch_run<S: ObjectStore>(
+    store: &S,
+    h: &FileHandle,
+    bs: u64,
+    attempts: u32,
+    mut slots: VecDeque<FetchSlot>,
+) {
+    let mut attempt = 0;
+    while !slots.is_empty() {
+        attempt += 1;
+        match fetch_once(store, h, bs, &mut slots).await {
+            Ok(()) => return,
+            Err(e) if e.is_retryable() && attempt < attempts => {
+                let backoff = backoff(attempt);
+                tracing::warn!(key = %h.key, attempt, error = %e, ?backoff, "ranged GET failed, retrying");
+                tokio::time::sleep(backoff).await;
+            }
+            Err(e) => {
+                tracing::error!(key = %h.key, attempts = attempt, error = %e, "ranged GET failed");
+                for s in slots.drain(..) {
+                    s.complete(Err(e.clone()));
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// Exponential backoff from 50 ms, capped at 2 s, with full jitter.
+pub fn backoff(attempt: u32) -> Duration {
+    let cap = 50u64.saturating_mul(1 << attempt.min(6)).min(2000);
+    Duration::from_millis(rand::random_range(cap / 2..=cap))
+}
+
+async fn fetch_once<S: ObjectStore>(
+    store: &S,
+    h: &FileHandle,
+    bs: u64,
+    slots: &mut VecDeque<FetchSlot>,
+) -> Result<(), StoreError> {
+    let (Some(front), Some(back)) = (slots.front(), slots.back()) else {
+        return Ok(());
+    };
+    let size = h.stat.size;
+    let start = front.key().index * bs;
+    let end = ((back.key().index + 1) * bs).min(size);
+    let block_len = |index: u64| ((index + 1) * bs).min(size) - index * bs;
+    let mut stream = store.get_range(&h.key, start..end, &h.stat.etag).await?;
+    let mut buf = BytesMut::with_capacity(block_len(front.key().index) as usize);
+    loop {
+        let chunk = match tokio::time::timeout(BODY_IDLE_TIMEOUT, stream.next()).await {
+            Err(_) => return Err(StoreError::Transient("response body stalled".into())),
+            Ok(None) => break,
+            Ok(Some(chunk)) => chunk?,
+        };
+        let mut chunk = chunk;
+        while chunk.has_remaining() {
+            let Some(slot) = slots.front() else {
+                return Err(StoreError::Transient(format!(
+                    "GET {} returned more bytes than the {} asked",
+                    h.key,
+                    end - start
+                )));
+            };
+            let want = block_len(slot.key().index) as usize;
+            let n = (want - buf.len()).min(chunk.len());
+            buf.extend_from_slice(&chunk[..n]);
+            chunk.advance(n);
+            if buf.len() == want {
+                let done = buf.split().freeze();
+                if let Some(slot) = slots.pop_front() {
+                    slot.complete(Ok(done));
+                }
+                if let Some(next) = slots.front() {
+                    buf.reserve(block_len(next.key().index) as usize);
+                }
+            }
+        }
+    }
+    if slots.is_empty() {
+        Ok(())
+    } else {
+        Err(StoreError::Transient(format!(
+            "GET {} ended early: body shorter than asked",
+            h.key
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sequential_detection_grows_and_resets() {
+        let mut s = SeqState::default();
+        let mb = 1 << 20;
+        assert_eq!(s.on_read(0, mb, 2 * mb, 8), 1);
+        assert_eq!(s.on_read(mb, 2 * mb, 2 * mb, 8), 2);
+        assert_eq!(s.on_read(2 * mb, 3 * mb, 2 * mb, 8), 4);
+        assert_eq!(s.on_read(3 * mb, 4 * mb, 2 * mb, 8), 8);
+        assert_eq!(s.on_read(4 * mb, 5 * mb, 2 * mb, 8), 8);
+        assert_eq!(s.on_read(500 * mb, 501 * mb, 2 * mb, 8), 0);
+    }
+
+    #[test]
+    fn assemble_cuts_across_blocks() {
+        let blocks = [Bytes::from_static(b"abcd"), Bytes::from_static(b"efgh")];
+        assert_eq!(&assemble(&blocks, 2, 4, 9, 15).unwrap()[..], b"bcdefg");
+        assert_eq!(&assemble(&blocks[..1], 2, 4, 9, 11).unwrap()[..], b"bc");
+        assert!(assemble(&[Bytes::from_static(b"ab")], 0, 4, 0, 4).is_err());
+    }
+}

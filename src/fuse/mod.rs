@@ -1,0 +1,449 @@
+//! Thin FUSE adapter: turns fuser callbacks into calls on `fs::Fs` and replies from tokio
+//! tasks, so no FUSE thread ever blocks on S3.
+
+use std::ffi::OsStr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+
+use crate::fs::inodes::Kind;
+use crate::fs::{Attr, Fs, FsError};
+use crate::store::ObjectStore;
+
+/// Largest read the kernel may send us (also its readahead unit).
+pub const MAX_READ: u32 = 1 << 20;
+
+pub struct FuseAdapter<S> {
+    fs: Arc<Fs<S>>,
+    rt: tokio::runtime::Handle,
+    ttl: Duration,
+}
+
+impl<S: ObjectStore> FuseAdapter<S> {
+    pub fn new(fs: Arc<Fs<S>>, rt: tokio::runtime::Handle) -> Self {
+        let ttl = fs.config().metadata_ttl;
+        FuseAdapter { fs, rt, ttl }
+    }
+}
+
+fn errno(e: &FsError) -> Errno {
+    Errno::from_i32(e.errno())
+}
+
+/// Logs a failed request once, at a level that matches how surprising it is.
+fn log_error(op: &str, ino: u64, e: &FsError) {
+    match e {
+        FsError::NotFound | FsError::ReadOnly | FsError::NotDir | FsError::IsDir => {
+            tracing::debug!(op, ino, error = %e, "request failed")
+        }
+        _ => tracing::warn!(op, ino, errno = e.errno(), error = %e, "request failed"),
+    }
+}
+
+fn file_attr(a: &Attr) -> FileAttr {
+    let kind = match a.kind {
+        Kind::File => FileType::RegularFile,
+        Kind::Dir => FileType::Directory,
+    };
+    FileAttr {
+        ino: INodeNo(a.ino),
+        size: a.size,
+        blocks: a.size.div_ceil(512),
+        atime: a.mtime,
+        mtime: a.mtime,
+        ctime: a.mtime,
+        crtime: a.mtime,
+        kind,
+        perm: a.perm,
+        nlink: if a.kind == Kind::Dir { 2 } else { 1 },
+        uid: a.uid,
+        gid: a.gid,
+        rdev: 0,
+        blksize: MAX_READ,
+        flags: 0,
+    }
+}
+
+fn file_type(k: Kind) -> FileType {
+    match k {
+        Kind::File => FileType::RegularFile,
+        Kind::Dir => FileType::Directory,
+    }
+}
+
+impl<S: ObjectStore> fuser::Filesystem for FuseAdapter<S> {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // Each setting is best effort: an older kernel keeps its default.
+        let _ = config.set_max_write(MAX_READ);
+        let _ = config.set_max_readahead(MAX_READ);
+        let _ = config.set_max_background(64);
+        let _ = config.set_congestion_threshold(48);
+        // Listings carry attributes, so `ls -l` needs no lookup per entry; always use it.
+        let _ = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS);
+        let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let Some(name) = name.to_str().map(str::to_owned) else {
+            // Keys are UTF-8: a non-UTF-8 name cannot exist.
+            reply.error(Errno::ENOENT);
+            return;
+        };
+        let (fs, ttl) = (self.fs.clone(), self.ttl);
+        self.rt.spawn(async move {
+            match fs.lookup(parent.0, &name).await {
+                Ok(a) => reply.entry(&ttl, &file_attr(&a), Generation(0)),
+                Err(e) => {
+                    log_error("lookup", parent.0, &e);
+                    reply.error(errno(&e))
+                }
+            }
+        });
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.fs.forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let (fs, ttl) = (self.fs.clone(), self.ttl);
+        self.rt.spawn(async move {
+            match fs.getattr(ino.0).await {
+                Ok(a) => reply.attr(&ttl, &file_attr(&a)),
+                Err(e) => {
+                    log_error("getattr", ino.0, &e);
+                    reply.error(errno(&e))
+                }
+            }
+        });
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _mode: Option<u32>,
+        _uid: Option<u32>,
+        _gid: Option<u32>,
+        _size: Option<u64>,
+        _atime: Option<TimeOrNow>,
+        _mtime: Option<TimeOrNow>,
+        _ctime: Option<std::time::SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<std::time::SystemTime>,
+        _chgtime: Option<std::time::SystemTime>,
+        _bkuptime: Option<std::time::SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn mknod(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn mkdir(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn unlink(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn rmdir(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn symlink(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _link_name: &OsStr,
+        _target: &Path,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _newparent: INodeNo,
+        _newname: &OsStr,
+        _flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _newparent: INodeNo,
+        _newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let write = flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
+        let fs = self.fs.clone();
+        self.rt.spawn(async move {
+            match fs.open(ino.0, write).await {
+                Ok((fh, keep_cache)) => {
+                    let mut f = FopenFlags::empty();
+                    if keep_cache {
+                        f |= FopenFlags::FOPEN_KEEP_CACHE;
+                    }
+                    reply.opened(FileHandle(fh), f)
+                }
+                Err(e) => {
+                    log_error("open", ino.0, &e);
+                    reply.error(errno(&e))
+                }
+            }
+        });
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let fs = self.fs.clone();
+        self.rt.spawn(async move {
+            match fs.read(fh.0, offset, size).await {
+                Ok(data) => reply.data(&data),
+                Err(e) => {
+                    log_error("read", ino.0, &e);
+                    reply.error(errno(&e))
+                }
+            }
+        });
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _offset: u64,
+        _data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.fs.release(fh.0);
+        reply.ok();
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let fs = self.fs.clone();
+        self.rt.spawn(async move {
+            match fs.opendir(ino.0).await {
+                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+                Err(e) => {
+                    log_error("opendir", ino.0, &e);
+                    reply.error(errno(&e))
+                }
+            }
+        });
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        // Entries come from the listing taken at opendir: no S3 request here.
+        match self.fs.readdir(fh.0, offset, 4096) {
+            Ok(entries) => {
+                for e in &entries {
+                    let d_ino = self.fs.readdir_ino(fh.0, e);
+                    if reply.add(INodeNo(d_ino), e.offset, file_type(e.kind), &*e.name) {
+                        break;
+                    }
+                }
+                reply.ok();
+            }
+            Err(e) => {
+                log_error("readdir", ino.0, &e);
+                reply.error(errno(&e));
+            }
+        }
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        match self.fs.readdir(fh.0, offset, 4096) {
+            Ok(entries) => {
+                for e in &entries {
+                    let attr = match self.fs.readdirplus_attr(fh.0, e) {
+                        Ok(a) => a,
+                        Err(err) => {
+                            log_error("readdirplus", ino.0, &err);
+                            continue;
+                        }
+                    };
+                    let full = reply.add(
+                        INodeNo(attr.ino),
+                        e.offset,
+                        &*e.name,
+                        &self.ttl,
+                        &file_attr(&attr),
+                        Generation(0),
+                    );
+                    if full {
+                        // Not sent: give back the reference readdirplus_attr took.
+                        if e.is_counted() {
+                            self.fs.forget(attr.ino, 1);
+                        }
+                        break;
+                    }
+                }
+                reply.ok();
+            }
+            Err(e) => {
+                log_error("readdirplus", ino.0, &e);
+                reply.error(errno(&e));
+            }
+        }
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.fs.releasedir(fh.0);
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        // S3 has no capacity; report a large, full, read-only volume so `df` works.
+        let bsize = 4096u32;
+        reply.statfs(1 << 40, 0, 0, 1 << 30, 0, bsize, 255, bsize);
+    }
+
+    fn getxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _size: u32,
+        reply: ReplyXattr,
+    ) {
+        reply.error(Errno::from_i32(libc::ENODATA));
+    }
+
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
+        if size == 0 {
+            reply.size(0);
+        } else {
+            reply.data(&[]);
+        }
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _value: &[u8],
+        _flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn create(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+}

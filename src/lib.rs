@@ -1,0 +1,11 @@
+//! s3-oidc-mount: mount an S3 bucket prefix as a read-mostly directory, with credentials
+//! from the workload's identity (no AWS keys). See docs/ and ../README.md.
+
+pub mod auth;
+pub mod cache;
+pub mod cli;
+pub mod fs;
+pub mod fuse;
+pub mod logging;
+pub mod mount;
+pub mod store;

@@ -1,0 +1,318 @@
+//! Mounting: checks (mountpoint, bucket, credentials) before anything is mounted, the
+//! FUSE session, and a clean unmount on SIGTERM/SIGINT.
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fuser::{MountOption, SessionACL};
+
+use crate::auth::{self, AuthError, CredentialSource};
+use crate::cache::BlockCache;
+use crate::cli::Source;
+use crate::fs::{Fs, FsConfig};
+use crate::fuse::FuseAdapter;
+use crate::store::s3::{S3Options, S3Store};
+use crate::store::{ObjectStore, StoreError};
+
+/// Everything a mount needs, validated.
+#[derive(Clone, Debug)]
+pub struct MountConfig {
+    pub source: Source,
+    pub mountpoint: PathBuf,
+    pub s3: S3Options,
+    pub fs: FsConfig,
+    pub cache_bytes: u64,
+    pub allow_other: bool,
+    pub fuse_threads: usize,
+    pub credentials: CredentialSource,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    #[error("mountpoint {path}: {why}")]
+    Mountpoint { path: PathBuf, why: String },
+    #[error("{0}")]
+    Preflight(String),
+    #[error("credentials: {0}")]
+    Auth(#[from] AuthError),
+    #[error("FUSE mount at {path} failed: {why}")]
+    Fuse { path: PathBuf, why: String },
+    #[error("{0}")]
+    Io(String),
+}
+
+/// Checks the mountpoint: an existing, empty directory that nothing is mounted on.
+pub fn check_mountpoint(path: &Path) -> Result<PathBuf, MountError> {
+    let err = |why: String| MountError::Mountpoint {
+        path: path.to_path_buf(),
+        why,
+    };
+    match std::fs::metadata(path) {
+        Ok(m) if !m.is_dir() => return Err(err("not a directory".into())),
+        Ok(_) => {}
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            return Err(err(format!(
+                "a dead FUSE mount is still attached (the daemon was killed?); \
+                 clear it with `fusermount3 -u {0}` (or `umount -l {0}`) and retry",
+                path.display()
+            )));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(err(format!(
+                "does not exist; create it first (mkdir -p {})",
+                path.display()
+            )));
+        }
+        Err(e) => return Err(err(e.to_string())),
+    }
+    let canonical = path.canonicalize().map_err(|e| err(e.to_string()))?;
+    if is_mount_point(&canonical) {
+        return Err(err("something is already mounted here".into()));
+    }
+    let mut entries = std::fs::read_dir(&canonical).map_err(|e| err(e.to_string()))?;
+    if entries.next().is_some() {
+        return Err(err(
+            "not empty; mounting would hide its files, use an empty directory".into(),
+        ));
+    }
+    Ok(canonical)
+}
+
+/// Whether `path` is the mount point of some filesystem, from /proc/self/mountinfo.
+pub fn is_mount_point(path: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let want = path.as_os_str().as_bytes();
+    info.lines().any(|l| {
+        l.split(' ')
+            .nth(4)
+            .is_some_and(|mp| unescape_mountinfo(mp).as_bytes() == want)
+    })
+}
+
+/// mountinfo escapes space, tab, newline and backslash as \ooo.
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len() + 1
+            && let Some(v) = s
+                .get(i + 1..i + 4)
+                .and_then(|o| u8::from_str_radix(o, 8).ok())
+        {
+            out.push(v);
+            i += 4;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// One LIST of the prefix before mounting: a wrong bucket, endpoint or credentials fail
+/// here with a message that says what to fix, instead of as EIO later.
+pub async fn preflight<S: ObjectStore>(store: &S, cfg: &MountConfig) -> Result<(), MountError> {
+    let src = &cfg.source;
+    let endpoint = cfg
+        .s3
+        .endpoint_url
+        .clone()
+        .unwrap_or_else(|| format!("AWS S3 in {}", cfg.s3.region));
+    let one_line = |s: String| s.replace('\n', " ");
+    match store.list_page(&src.prefix, true, None, Some(1)).await {
+        Ok(page) => {
+            if page.objects.is_empty() && page.prefixes.is_empty() {
+                tracing::warn!(source = %src, "nothing under this prefix yet; the mount starts empty");
+            }
+            Ok(())
+        }
+        Err(StoreError::NoSuchBucket) => Err(MountError::Preflight(format!(
+            "bucket {:?} does not exist at {endpoint}; check the bucket name, --endpoint-url and --region",
+            src.bucket
+        ))),
+        Err(StoreError::AccessDenied { code, message }) => {
+            Err(MountError::Preflight(one_line(format!(
+                "S3 refused to list {src} ({code}): {message}; check the credentials and that they allow \
+             s3:ListBucket on arn:aws:s3:::{} for prefix {:?}",
+                src.bucket, src.prefix
+            ))))
+        }
+        Err(StoreError::Credentials(m)) => Err(MountError::Preflight(one_line(format!(
+            "no usable AWS credentials: {m}; set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE"
+        )))),
+        Err(StoreError::Unreachable(m)) => Err(MountError::Preflight(one_line(format!(
+            "cannot reach the S3 endpoint {endpoint}: {m}; check --endpoint-url and the network"
+        )))),
+        Err(e) => Err(MountError::Preflight(one_line(format!(
+            "listing {src} at {endpoint} failed: {e}"
+        )))),
+    }
+}
+
+/// Default cache budget: a quarter of the cgroup memory limit, within 64 MiB..2 GiB;
+/// 512 MiB where no limit is set.
+pub fn default_cache_bytes() -> u64 {
+    let limit = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .or_else(|| {
+            // cgroup v1; its "no limit" is a huge number, caught by the clamp below.
+            std::fs::read_to_string("/sys/fs/cgroup/memory/memory.limit_in_bytes")
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .filter(|&l| l < 1 << 50)
+        });
+    match limit {
+        Some(l) => (l / 4).clamp(64 << 20, 2 << 30),
+        None => 512 << 20,
+    }
+}
+
+/// A live mount, served by fuser's threads until `unmount`.
+pub struct Mounted {
+    session: Option<fuser::BackgroundSession>,
+    pub mountpoint: PathBuf,
+}
+
+/// Checks everything, then mounts. Returns once the kernel has completed the FUSE
+/// handshake, i.e. the mount answers.
+pub async fn mount(cfg: MountConfig) -> Result<Mounted, MountError> {
+    let started = Instant::now();
+    let mountpoint = check_mountpoint(&cfg.mountpoint)?;
+    let creds = auth::provider(&cfg.credentials, &cfg.s3.region).await?;
+    let store = Arc::new(S3Store::new(&cfg.s3, creds));
+    preflight(&*store, &cfg).await?;
+
+    let cache = BlockCache::new(cfg.cache_bytes as usize);
+    let fs = Fs::new(store, cfg.fs.clone(), cache);
+    let adapter = FuseAdapter::new(fs, tokio::runtime::Handle::current());
+    let mut fcfg = fuser::Config::default();
+    fcfg.mount_options = vec![
+        MountOption::FSName(cfg.source.to_string()),
+        MountOption::Subtype("s3-oidc-mount".into()),
+        MountOption::RO,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+        MountOption::NoAtime,
+        MountOption::DefaultPermissions,
+    ];
+    fcfg.acl = if cfg.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    fcfg.n_threads = Some(cfg.fuse_threads.max(1));
+    fcfg.clone_fd = true;
+
+    let mp = mountpoint.clone();
+    let session = tokio::task::spawn_blocking(move || {
+        fuser::Session::new(adapter, &mp, &fcfg).and_then(fuser::Session::spawn)
+    })
+    .await
+    .map_err(|e| MountError::Io(e.to_string()))?
+    .map_err(|e| MountError::Fuse {
+        path: mountpoint.clone(),
+        why: explain_mount_error(&e),
+    })?;
+    tracing::info!(
+        source = %cfg.source,
+        mountpoint = %mountpoint.display(),
+        ready_ms = started.elapsed().as_millis() as u64,
+        cache_bytes = cfg.cache_bytes,
+        "mounted"
+    );
+    Ok(Mounted {
+        session: Some(session),
+        mountpoint,
+    })
+}
+
+fn explain_mount_error(e: &std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::ENOENT) if !Path::new("/dev/fuse").exists() => {
+            "/dev/fuse is missing: load the fuse module, or run the container with --device /dev/fuse".into()
+        }
+        Some(libc::EPERM) | Some(libc::EACCES) => format!(
+            "{e}: mounting needs root or CAP_SYS_ADMIN (in Docker: --cap-add SYS_ADMIN --device /dev/fuse), \
+             or a setuid fusermount3 (apt-get install fuse3)"
+        ),
+        _ => e.to_string(),
+    }
+}
+
+impl Mounted {
+    /// Whether fuser's session ended (e.g. someone ran `fusermount3 -u`).
+    pub fn ended(&self) -> bool {
+        self.session.as_ref().is_none_or(|s| s.guard.is_finished())
+    }
+
+    /// Serves until SIGTERM or SIGINT, or until the mount goes away, then unmounts.
+    pub async fn serve_until_signal(mut self) -> Result<(), MountError> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term =
+            signal(SignalKind::terminate()).map_err(|e| MountError::Io(e.to_string()))?;
+        let mut int = signal(SignalKind::interrupt()).map_err(|e| MountError::Io(e.to_string()))?;
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tokio::select! {
+                _ = term.recv() => { tracing::info!("SIGTERM: unmounting"); break; }
+                _ = int.recv() => { tracing::info!("SIGINT: unmounting"); break; }
+                _ = tick.tick() => {
+                    if self.ended() {
+                        tracing::info!(mountpoint = %self.mountpoint.display(), "unmounted from outside; exiting");
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        self.unmount().await
+    }
+
+    /// Unmounts; if files are still open, detaches lazily (the kernel finishes the
+    /// unmount when they are closed) so shutdown never hangs.
+    pub async fn unmount(&mut self) -> Result<(), MountError> {
+        let path = CString::new(self.mountpoint.as_os_str().as_bytes())
+            .map_err(|e| MountError::Io(e.to_string()))?;
+        // SAFETY: path is a valid NUL-terminated string for the duration of the call.
+        let rc = unsafe { libc::umount2(path.as_ptr(), 0) };
+        if rc != 0 {
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EBUSY) {
+                tracing::warn!(mountpoint = %self.mountpoint.display(), "mount busy; detaching lazily");
+                // SAFETY: as above.
+                if unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) } != 0 {
+                    return Err(MountError::Io(format!(
+                        "lazy unmount of {} failed: {}",
+                        self.mountpoint.display(),
+                        std::io::Error::last_os_error()
+                    )));
+                }
+            } else if err.raw_os_error() != Some(libc::EINVAL) {
+                // EINVAL: not mounted any more, which is the goal.
+                return Err(MountError::Io(format!(
+                    "unmount of {} failed: {err}",
+                    self.mountpoint.display()
+                )));
+            }
+        }
+        // Give the FUSE threads a moment to see the end of the session.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while !self.ended() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if let Some(s) = self.session.take()
+            && s.guard.is_finished()
+        {
+            let _ = s.join();
+        }
+        tracing::info!(mountpoint = %self.mountpoint.display(), "unmounted");
+        Ok(())
+    }
+}

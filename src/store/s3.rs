@@ -1,0 +1,238 @@
+//! `ObjectStore` over aws-sdk-s3: one bucket, any endpoint, path or virtual-host style.
+
+use std::error::Error as _;
+use std::ops::Range;
+use std::time::{Duration, SystemTime};
+
+use aws_credential_types::provider::error::CredentialsError;
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::{SharedCredentialsProvider, retry::RetryConfig, timeout::TimeoutConfig};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::operation::RequestId;
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+use aws_smithy_types::error::display::DisplayErrorContext;
+
+use super::{ByteStream, ListPage, ObjectMeta, ObjectStore, StoreError};
+
+/// How to reach the bucket.
+#[derive(Clone, Debug)]
+pub struct S3Options {
+    pub bucket: String,
+    pub region: String,
+    pub endpoint_url: Option<String>,
+    pub force_path_style: bool,
+    /// Attempts per request for errors the SDK knows to be retryable (5xx, throttling, timeouts).
+    pub max_attempts: u32,
+}
+
+#[derive(Clone)]
+pub struct S3Store {
+    client: Client,
+    bucket: String,
+}
+
+impl S3Store {
+    pub fn new(opts: &S3Options, credentials: SharedCredentialsProvider) -> Self {
+        let timeouts = TimeoutConfig::builder()
+            .connect_timeout(Duration::from_secs(5))
+            // Time to the first byte of a response; body stalls are bounded by the reader.
+            .read_timeout(Duration::from_secs(30))
+            .operation_attempt_timeout(Duration::from_secs(60))
+            .build();
+        let mut b = aws_sdk_s3::Config::builder()
+            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+            .region(aws_sdk_s3::config::Region::new(opts.region.clone()))
+            .credentials_provider(credentials)
+            .force_path_style(opts.force_path_style)
+            .retry_config(RetryConfig::standard().with_max_attempts(opts.max_attempts.max(1)))
+            .timeout_config(timeouts)
+            .stalled_stream_protection(
+                aws_sdk_s3::config::StalledStreamProtectionConfig::enabled()
+                    .grace_period(Duration::from_secs(10))
+                    .build(),
+            );
+        if let Some(url) = &opts.endpoint_url {
+            b = b.endpoint_url(url);
+        }
+        S3Store {
+            client: Client::from_conf(b.build()),
+            bucket: opts.bucket.clone(),
+        }
+    }
+}
+
+fn to_system_time(t: Option<&aws_smithy_types::DateTime>) -> SystemTime {
+    t.and_then(|t| SystemTime::try_from(*t).ok())
+        .unwrap_or(SystemTime::UNIX_EPOCH)
+}
+
+/// Turn an SDK error into the distinctions the filesystem acts on, keeping the S3 code,
+/// message and request id in the text for the log.
+fn classify<E>(err: SdkError<E, HttpResponse>) -> StoreError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    match &err {
+        SdkError::ServiceError(se) => {
+            let status = se.raw().status().as_u16();
+            let code = se.err().code().unwrap_or("").to_string();
+            let message = se.err().message().unwrap_or("").to_string();
+            let rid = se.err().meta().request_id().unwrap_or("-").to_string();
+            let detail = format!("HTTP {status} {code} {message} (request id {rid})");
+            match (status, code.as_str()) {
+                (404, "NoSuchBucket") => StoreError::NoSuchBucket,
+                (404, _) => StoreError::NotFound,
+                (412, _) => StoreError::PreconditionFailed,
+                (403, _) | (400, "InvalidAccessKeyId") | (400, "ExpiredToken") => {
+                    StoreError::AccessDenied {
+                        code: if code.is_empty() { "403".into() } else { code },
+                        message: detail,
+                    }
+                }
+                (429, _) | (500..=599, _) => StoreError::Transient(detail),
+                (_, "SlowDown" | "RequestTimeout" | "InternalError") => {
+                    StoreError::Transient(detail)
+                }
+                _ => StoreError::Other(detail),
+            }
+        }
+        SdkError::DispatchFailure(df) => {
+            let text = DisplayErrorContext(&err).to_string();
+            let mut src = err.source();
+            while let Some(s) = src {
+                if s.downcast_ref::<CredentialsError>().is_some() {
+                    return StoreError::Credentials(text);
+                }
+                src = s.source();
+            }
+            if df.is_io() || df.is_timeout() {
+                StoreError::Unreachable(text)
+            } else {
+                StoreError::Other(text)
+            }
+        }
+        SdkError::TimeoutError(_) | SdkError::ResponseError(_) => {
+            StoreError::Transient(DisplayErrorContext(&err).to_string())
+        }
+        _ => StoreError::Other(DisplayErrorContext(&err).to_string()),
+    }
+}
+
+impl ObjectStore for S3Store {
+    async fn list_page(
+        &self,
+        prefix: &str,
+        delimited: bool,
+        continuation: Option<String>,
+        max_keys: Option<i32>,
+    ) -> Result<ListPage, StoreError> {
+        let mut req = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(prefix)
+            .set_continuation_token(continuation)
+            .set_max_keys(max_keys);
+        if delimited {
+            req = req.delimiter("/");
+        }
+        let out = req.send().await.map_err(classify)?;
+        let objects = out
+            .contents()
+            .iter()
+            .filter_map(|o| {
+                Some(ObjectMeta {
+                    key: o.key()?.to_string(),
+                    size: o.size().unwrap_or(0).max(0) as u64,
+                    last_modified: to_system_time(o.last_modified()),
+                    etag: o.e_tag().unwrap_or("").to_string(),
+                })
+            })
+            .collect();
+        let prefixes = out
+            .common_prefixes()
+            .iter()
+            .filter_map(|p| p.prefix().map(str::to_string))
+            .collect();
+        // A truncated page without a token would loop forever; treat it as the end.
+        let next = match out.is_truncated() {
+            Some(true) => out.next_continuation_token().map(str::to_string),
+            _ => None,
+        };
+        Ok(ListPage {
+            objects,
+            prefixes,
+            next,
+        })
+    }
+
+    async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {
+        let out = self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(classify)?;
+        Ok(ObjectMeta {
+            key: key.to_string(),
+            size: out.content_length().unwrap_or(0).max(0) as u64,
+            last_modified: to_system_time(out.last_modified()),
+            etag: out.e_tag().unwrap_or("").to_string(),
+        })
+    }
+
+    async fn get_range(
+        &self,
+        key: &str,
+        range: Range<u64>,
+        etag: &str,
+    ) -> Result<ByteStream, StoreError> {
+        let want = range.end - range.start;
+        let mut req = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .range(format!("bytes={}-{}", range.start, range.end - 1));
+        if !etag.is_empty() {
+            req = req.if_match(etag);
+        }
+        let out = req.send().await.map_err(classify)?;
+        // Never hand out bytes of another version or another range.
+        if !etag.is_empty() && out.e_tag().is_some_and(|e| e != etag) {
+            return Err(StoreError::PreconditionFailed);
+        }
+        if let Some(len) = out.content_length()
+            && len as u64 != want
+        {
+            return Err(StoreError::Transient(format!(
+                "GET {key} {range:?}: Content-Length {len}, expected {want}"
+            )));
+        }
+        if let Some(cr) = out.content_range() {
+            let expected = format!("bytes {}-{}/", range.start, range.end - 1);
+            if !cr.starts_with(&expected) {
+                return Err(StoreError::Transient(format!(
+                    "GET {key}: Content-Range {cr:?}, expected {expected:?}"
+                )));
+            }
+        }
+        let body = out.body;
+        let stream = futures::stream::unfold(body, |mut body| async move {
+            match body.next().await {
+                None => None,
+                Some(Ok(b)) => Some((Ok(b), body)),
+                Some(Err(e)) => Some((
+                    Err(StoreError::Transient(format!(
+                        "body: {}",
+                        DisplayErrorContext(&e)
+                    ))),
+                    body,
+                )),
+            }
+        });
+        Ok(Box::pin(stream))
+    }
+}
