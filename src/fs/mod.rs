@@ -5,6 +5,8 @@ pub mod dirs;
 pub mod inodes;
 pub mod names;
 pub mod read;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,0 +1,256 @@
+//! The filesystem core against the in-memory store, without FUSE.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use super::inodes::{Kind, ROOT};
+use super::{Fs, FsConfig, FsError};
+use crate::cache::BlockCache;
+use crate::store::memory::MemoryStore;
+
+fn fs_with(store: Arc<MemoryStore>, cfg: FsConfig) -> Arc<Fs<MemoryStore>> {
+    Fs::new(store, cfg, BlockCache::new(64 << 20))
+}
+
+fn small_blocks() -> FsConfig {
+    FsConfig {
+        block_size: 4096,
+        part_size: 4 * 4096,
+        max_prefetch: 8 * 4096,
+        ..FsConfig::default()
+    }
+}
+
+async fn names(fs: &Fs<MemoryStore>, dir: u64) -> Vec<(String, Kind)> {
+    let fh = fs.opendir(dir).await.unwrap();
+    let v = fs
+        .readdir(fh, 0, usize::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.name.to_string(), e.kind))
+        .collect();
+    fs.releasedir(fh);
+    v
+}
+
+fn pattern(n: usize, seed: u8) -> Vec<u8> {
+    (0..n)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 9) as u8)
+        .collect()
+}
+
+#[tokio::test]
+async fn nested_directories_and_prefix_stripping() {
+    let s = Arc::new(MemoryStore::new());
+    s.put("data/a/b/c.txt", "c");
+    s.put("data/top.txt", "top");
+    s.put("other/x", "x");
+    let cfg = FsConfig {
+        prefix: "data/".into(),
+        ..FsConfig::default()
+    };
+    let fs = fs_with(s, cfg);
+    assert_eq!(
+        names(&fs, ROOT).await,
+        vec![
+            (".".into(), Kind::Dir),
+            ("..".into(), Kind::Dir),
+            ("a".into(), Kind::Dir),
+            ("top.txt".into(), Kind::File)
+        ]
+    );
+    let a = fs.lookup(ROOT, "a").await.unwrap();
+    let b = fs.lookup(a.ino, "b").await.unwrap();
+    let c = fs.lookup(b.ino, "c.txt").await.unwrap();
+    assert_eq!((c.kind, c.size), (Kind::File, 1));
+    assert!(matches!(
+        fs.lookup(ROOT, "other").await,
+        Err(FsError::NotFound)
+    ));
+    assert!(matches!(fs.lookup(ROOT, "x").await, Err(FsError::NotFound)));
+}
+
+#[tokio::test]
+async fn directory_wins_over_file_and_bad_keys_are_hidden() {
+    let s = Arc::new(MemoryStore::new());
+    for k in [
+        "a",
+        "a/inner",
+        "x//y",
+        "dir/../z",
+        "./dot",
+        "ok",
+        "marker/",
+        &format!("{}", "n".repeat(256)),
+    ] {
+        s.put(k, "v");
+    }
+    let fs = fs_with(s.clone(), FsConfig::default());
+    let listed: Vec<String> = names(&fs, ROOT).await.into_iter().map(|(n, _)| n).collect();
+    assert_eq!(listed, vec![".", "..", "a", "dir", "marker", "ok", "x"]);
+    // Without a cached listing, lookup probes S3 and still prefers the directory.
+    let fresh = fs_with(s, FsConfig::default());
+    assert_eq!(fresh.lookup(ROOT, "a").await.unwrap().kind, Kind::Dir);
+    assert_eq!(fresh.lookup(ROOT, "marker").await.unwrap().kind, Kind::Dir);
+    let x = fresh.lookup(ROOT, "x").await.unwrap();
+    assert_eq!(
+        names(&fresh, x.ino).await.len(),
+        2,
+        "x// holds only a hidden entry"
+    );
+    let dir = fresh.lookup(ROOT, "dir").await.unwrap();
+    assert_eq!(names(&fresh, dir.ino).await.len(), 2, "dir/.. is hidden");
+    assert!(fresh.lookup(ROOT, &"n".repeat(256)).await.is_err());
+    assert!(fresh.lookup(ROOT, ".").await.is_err());
+}
+
+#[tokio::test]
+async fn listing_spans_pages_and_answers_lookups_without_requests() {
+    let s = Arc::new(MemoryStore::with_page_size(100));
+    for i in 0..2_550 {
+        s.put(&format!("many/f{i:05}"), "x");
+    }
+    let fs = fs_with(s.clone(), FsConfig::default());
+    let many = fs.lookup(ROOT, "many").await.unwrap();
+    assert_eq!(names(&fs, many.ino).await.len(), 2_552);
+    let before = s.lists.load(Ordering::Relaxed);
+    for i in (0..2_550).step_by(97) {
+        fs.lookup(many.ino, &format!("f{i:05}")).await.unwrap();
+    }
+    assert!(matches!(
+        fs.lookup(many.ino, "nope").await,
+        Err(FsError::NotFound)
+    ));
+    assert_eq!(
+        s.lists.load(Ordering::Relaxed),
+        before,
+        "lookups came from the listing"
+    );
+}
+
+#[tokio::test]
+async fn readdir_resumes_at_offsets() {
+    let s = Arc::new(MemoryStore::new());
+    for i in 0..10 {
+        s.put(&format!("f{i}"), "x");
+    }
+    let fs = fs_with(s, FsConfig::default());
+    let fh = fs.opendir(ROOT).await.unwrap();
+    let first = fs.readdir(fh, 0, 4).unwrap();
+    let rest = fs
+        .readdir(fh, first.last().unwrap().offset, usize::MAX)
+        .unwrap();
+    let all: Vec<String> = first
+        .iter()
+        .chain(&rest)
+        .map(|e| e.name.to_string())
+        .collect();
+    assert_eq!(all.len(), 12);
+    assert_eq!(&all[2..4], ["f0", "f1"]);
+    assert_eq!(all[11], "f9");
+}
+
+#[tokio::test]
+async fn reads_return_exact_bytes_at_any_offset() {
+    let s = Arc::new(MemoryStore::new());
+    let data = pattern(100_003, 7);
+    s.put("blob", data.clone());
+    s.put("empty", "");
+    let fs = fs_with(s.clone(), small_blocks());
+    let blob = fs.lookup(ROOT, "blob").await.unwrap();
+    let (fh, _) = fs.open(blob.ino, false).await.unwrap();
+    // Sequential, whole.
+    let mut got = Vec::new();
+    let mut off = 0u64;
+    loop {
+        let b = fs.read(fh, off, 8192).await.unwrap();
+        if b.is_empty() {
+            break;
+        }
+        off += b.len() as u64;
+        got.extend_from_slice(&b);
+    }
+    assert_eq!(got, data);
+    // Unaligned reads across block boundaries, and past the end.
+    for (o, n) in [
+        (4095u64, 2u32),
+        (1, 20_000),
+        (99_990, 100),
+        (100_003, 10),
+        (50_000, 0),
+    ] {
+        let b = fs.read(fh, o, n).await.unwrap();
+        let end = (o as usize + n as usize).min(data.len());
+        let start = (o as usize).min(end);
+        assert_eq!(&b[..], &data[start..end], "read at {o} len {n}");
+    }
+    let e = fs.lookup(ROOT, "empty").await.unwrap();
+    let (efh, _) = fs.open(e.ino, false).await.unwrap();
+    assert!(fs.read(efh, 0, 4096).await.unwrap().is_empty());
+    assert!(matches!(
+        fs.open(blob.ino, true).await,
+        Err(FsError::ReadOnly)
+    ));
+}
+
+#[tokio::test]
+async fn blocks_are_cached_and_shared_by_concurrent_readers() {
+    let s = Arc::new(MemoryStore::new());
+    let data = pattern(64 * 4096, 3);
+    s.put("f", data.clone());
+    let fs = fs_with(s.clone(), small_blocks());
+    let f = fs.lookup(ROOT, "f").await.unwrap();
+    let mut tasks = Vec::new();
+    for r in 0..8u64 {
+        let fs = fs.clone();
+        let data = data.clone();
+        tasks.push(tokio::spawn(async move {
+            let (fh, _) = fs.open(f.ino, false).await.unwrap();
+            for i in 0..64u64 {
+                let o = ((i + r * 8) % 64) * 4096;
+                let b = fs.read(fh, o, 4096).await.unwrap();
+                assert_eq!(&b[..], &data[o as usize..o as usize + 4096]);
+            }
+            fs.release(fh);
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let gets = s.gets.load(Ordering::Relaxed);
+    assert!(
+        gets <= 64,
+        "8 readers of 64 blocks made {gets} GETs: blocks were not shared"
+    );
+}
+
+#[tokio::test]
+async fn a_changed_object_fails_reads_on_the_old_handle_and_reopens_fresh() {
+    let s = Arc::new(MemoryStore::new());
+    s.put("f", pattern(20_000, 1));
+    let cfg = FsConfig {
+        metadata_ttl: Duration::ZERO,
+        ..small_blocks()
+    };
+    let fs = fs_with(s.clone(), cfg);
+    let f = fs.lookup(ROOT, "f").await.unwrap();
+    let (fh, _) = fs.open(f.ino, false).await.unwrap();
+    assert_eq!(fs.read(fh, 0, 10).await.unwrap().len(), 10);
+    let new = pattern(30_000, 2);
+    s.put("f", new.clone());
+    // Block 0 is cached for the old version; block 3 is not and must not mix versions.
+    assert!(matches!(
+        fs.read(fh, 3 * 4096, 10).await,
+        Err(FsError::Stale)
+    ));
+    let (fh2, keep) = fs.open(f.ino, false).await.unwrap();
+    assert!(!keep, "a new version must not keep the kernel's page cache");
+    assert_eq!(
+        &fs.read(fh2, 12_000, 100).await.unwrap()[..],
+        &new[12_000..12_100]
+    );
+    assert_eq!(fs.getattr(f.ino).await.unwrap().size, 30_000);
+    s.delete("f");
+    assert!(matches!(fs.getattr(f.ino).await, Err(FsError::NotFound)));
+}
