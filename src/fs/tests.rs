@@ -82,7 +82,7 @@ async fn directory_wins_over_file_and_bad_keys_are_hidden() {
         "./dot",
         "ok",
         "marker/",
-        &format!("{}", "n".repeat(256)),
+        &"n".repeat(256),
     ] {
         s.put(k, "v");
     }
