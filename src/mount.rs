@@ -278,41 +278,42 @@ impl Mounted {
     /// Unmounts; if files are still open, detaches lazily (the kernel finishes the
     /// unmount when they are closed) so shutdown never hangs.
     pub async fn unmount(&mut self) -> Result<(), MountError> {
-        let path = CString::new(self.mountpoint.as_os_str().as_bytes())
-            .map_err(|e| MountError::Io(e.to_string()))?;
-        // SAFETY: path is a valid NUL-terminated string for the duration of the call.
-        let rc = unsafe { libc::umount2(path.as_ptr(), 0) };
-        if rc != 0 {
-            let err = std::io::Error::last_os_error();
-            if err.raw_os_error() == Some(libc::EBUSY) {
-                tracing::warn!(mountpoint = %self.mountpoint.display(), "mount busy; detaching lazily");
-                // SAFETY: as above.
-                if unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) } != 0 {
-                    return Err(MountError::Io(format!(
-                        "lazy unmount of {} failed: {}",
-                        self.mountpoint.display(),
-                        std::io::Error::last_os_error()
-                    )));
-                }
-            } else if err.raw_os_error() != Some(libc::EINVAL) {
-                // EINVAL: not mounted any more, which is the goal.
-                return Err(MountError::Io(format!(
-                    "unmount of {} failed: {err}",
-                    self.mountpoint.display()
-                )));
+        let Some(session) = self.session.take() else {
+            return Ok(());
+        };
+        let mp = self.mountpoint.display().to_string();
+        let joined = tokio::time::timeout(
+            Duration::from_secs(3),
+            tokio::task::spawn_blocking(move || session.umount_and_join()),
+        )
+        .await;
+        match joined {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) if e.raw_os_error() == Some(libc::EBUSY) => {
+                tracing::warn!(mountpoint = %mp, "mount busy (files open); detaching lazily");
+                lazy_unmount(&self.mountpoint)?;
             }
+            Ok(Ok(Err(e))) if is_mount_point(&self.mountpoint) => {
+                return Err(MountError::Io(format!("unmount of {mp} failed: {e}")));
+            }
+            Ok(Ok(Err(e))) => tracing::debug!(error = %e, "FUSE session ended with an error"),
+            Ok(Err(e)) => return Err(MountError::Io(format!("unmount task failed: {e}"))),
+            Err(_) => tracing::warn!(mountpoint = %mp, "FUSE threads did not stop within 3 s"),
         }
-        // Give the FUSE threads a moment to see the end of the session.
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while !self.ended() && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        if let Some(s) = self.session.take()
-            && s.guard.is_finished()
-        {
-            let _ = s.join();
-        }
-        tracing::info!(mountpoint = %self.mountpoint.display(), "unmounted");
+        tracing::info!(mountpoint = %mp, "unmounted");
         Ok(())
     }
+}
+
+fn lazy_unmount(path: &Path) -> Result<(), MountError> {
+    let c = CString::new(path.as_os_str().as_bytes()).map_err(|e| MountError::Io(e.to_string()))?;
+    // SAFETY: c is a valid NUL-terminated path for the duration of the call.
+    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
+        return Err(MountError::Io(format!(
+            "lazy unmount of {} failed: {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        )));
+    }
+    Ok(())
 }

@@ -1,0 +1,258 @@
+//! Shared harness of the integration tests: a real S3 server (Ceph RGW on 127.0.0.1,
+//! started by scripts/test.sh, which exports S3_ENDPOINT and its keys), a real FUSE mount
+//! by the real binary, checked through ordinary syscalls and tools.
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use aws_sdk_s3::primitives::ByteStream;
+use rand::{RngCore, SeedableRng};
+use sha2::{Digest, Sha256};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_s3-oidc-mount");
+
+pub fn endpoint() -> String {
+    std::env::var("S3_ENDPOINT").unwrap_or_else(|_| {
+        panic!("S3_ENDPOINT is not set: run the integration tests through scripts/test.sh, which starts a local S3 server")
+    })
+}
+
+/// A tokio runtime for the SDK calls the tests make to set up data.
+pub fn rt() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime")
+    })
+}
+
+pub fn client() -> &'static aws_sdk_s3::Client {
+    static C: OnceLock<aws_sdk_s3::Client> = OnceLock::new();
+    C.get_or_init(|| {
+        let conf = aws_sdk_s3::Config::builder()
+            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+            .region(aws_sdk_s3::config::Region::new("us-east-1"))
+            .endpoint_url(endpoint())
+            .force_path_style(true)
+            .credentials_provider(aws_sdk_s3::config::Credentials::new(
+                std::env::var("AWS_ACCESS_KEY_ID").expect("AWS_ACCESS_KEY_ID"),
+                std::env::var("AWS_SECRET_ACCESS_KEY").expect("AWS_SECRET_ACCESS_KEY"),
+                None,
+                None,
+                "test",
+            ))
+            .build();
+        aws_sdk_s3::Client::from_conf(conf)
+    })
+}
+
+/// A bucket name unique to this test process.
+pub fn unique_bucket(tag: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("it-{tag}-{}-{nanos}", std::process::id())
+}
+
+pub fn create_bucket(bucket: &str) {
+    rt().block_on(client().create_bucket().bucket(bucket).send())
+        .unwrap_or_else(|e| panic!("create bucket {bucket}: {e:?}"));
+}
+
+pub fn put(bucket: &str, key: &str, data: impl Into<Vec<u8>>) {
+    let body = ByteStream::from(data.into());
+    rt().block_on(
+        client()
+            .put_object()
+            .bucket(bucket)
+            .key(key)
+            .body(body)
+            .send(),
+    )
+    .unwrap_or_else(|e| panic!("put {key:?}: {e:?}"));
+}
+
+pub fn delete(bucket: &str, key: &str) {
+    rt().block_on(client().delete_object().bucket(bucket).key(key).send())
+        .unwrap_or_else(|e| panic!("delete {key:?}: {e:?}"));
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut v);
+    v
+}
+
+pub fn sha256(data: &[u8]) -> String {
+    format!("{:x}", Sha256::digest(data))
+}
+
+pub fn sha256_file(path: &Path) -> String {
+    let mut f =
+        std::fs::File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f
+            .read(&mut buf)
+            .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    format!("{:x}", h.finalize())
+}
+
+/// The daemon, mounted. Dropping it stops the daemon and clears the mount, even when a
+/// test fails half-way.
+pub struct Mount {
+    pub dir: tempfile::TempDir,
+    pub path: PathBuf,
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+pub fn common_args() -> Vec<String> {
+    vec![
+        "--endpoint-url".into(),
+        endpoint(),
+        "--force-path-style".into(),
+        "--region".into(),
+        "us-east-1".into(),
+    ]
+}
+
+/// Runs `s3-oidc-mount mount SOURCE MOUNTPOINT ARGS...` and waits until it is mounted.
+pub fn mount(source: &str, extra: &[&str]) -> Mount {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("mnt");
+    std::fs::create_dir(&path).expect("mkdir mnt");
+    let log = dir.path().join("daemon.log");
+    let logf = std::fs::File::create(&log).expect("log file");
+    let mut args: Vec<String> = vec!["mount".into(), source.into(), path.display().to_string()];
+    args.extend(common_args());
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let child = Command::new(BIN)
+        .args(&args)
+        .env("S3_OIDC_MOUNT_LOG_LEVEL", "info")
+        .stdout(Stdio::null())
+        .stderr(logf)
+        .spawn()
+        .expect("spawn daemon");
+    let mut m = Mount {
+        dir,
+        path,
+        child: Some(child),
+        log,
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !s3_oidc_mount::mount::is_mount_point(&m.path) {
+        if let Some(st) = m.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            panic!(
+                "daemon exited before mounting ({st}); log:\n{}",
+                m.log_text()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not mounted after 30 s; log:\n{}",
+            m.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    m
+}
+
+impl Mount {
+    pub fn p(&self, rel: &str) -> PathBuf {
+        self.path.join(rel)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(self.pid() as i32, sig) };
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the daemon to exit.
+    pub fn stop(&mut self) -> ExitStatus {
+        self.signal(libc::SIGTERM);
+        self.wait(Duration::from_secs(15))
+    }
+
+    pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        let child = self.child.as_mut().expect("daemon running");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = child.try_wait().expect("wait") {
+                self.child = None;
+                return st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "daemon still running after {timeout:?}; log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if s3_oidc_mount::mount::is_mount_point(&self.path) {
+            let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+        }
+    }
+}
+
+/// Runs the binary to completion (for error cases), returning status and stderr.
+pub fn run_bin(args: &[&str], timeout: Duration) -> (ExitStatus, String) {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = e.read_to_string(&mut err);
+            }
+            return (st, err);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let st = child.wait().expect("wait");
+            panic!(
+                "{args:?} did not finish within {timeout:?} ({:?})",
+                st.signal()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

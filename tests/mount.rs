@@ -1,0 +1,383 @@
+//! A real FUSE mount of a real S3 server, checked through ordinary syscalls and tools.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::ErrorKind;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const BIG_LEN: usize = (64 << 20) + 12_345;
+const MANY: usize = 2_600;
+const LONG_NAME_LEN: usize = 300;
+
+/// One bucket with every kind of object the tests read, uploaded once per test process.
+struct Fixture {
+    bucket: String,
+    objects: HashMap<String, Vec<u8>>,
+}
+
+fn fixture() -> &'static Fixture {
+    static F: OnceLock<Fixture> = OnceLock::new();
+    F.get_or_init(|| {
+        let bucket = unique_bucket("fx");
+        create_bucket(&bucket);
+        let mut objects: HashMap<String, Vec<u8>> = HashMap::new();
+        objects.insert("small.txt".into(), b"hello, world\n".to_vec());
+        objects.insert("empty".into(), Vec::new());
+        objects.insert("big.bin".into(), random_bytes(BIG_LEN, 42));
+        objects.insert("mid.bin".into(), random_bytes(3 << 20 | 777, 7));
+        objects.insert("a/b/c/deep.txt".into(), b"deep\n".to_vec());
+        objects.insert("a/b/sibling.txt".into(), b"sibling\n".to_vec());
+        // A file and a directory of the same name: the directory wins.
+        objects.insert("dup".into(), b"hidden file\n".to_vec());
+        objects.insert("dup/inside.txt".into(), b"inside\n".to_vec());
+        // A directory that exists only as a marker object.
+        objects.insert("marker/".into(), Vec::new());
+        // Keys that cannot be names: hidden.
+        objects.insert("bad//empty-component".into(), b"x".to_vec());
+        objects.insert("bad/./dot".into(), b"x".to_vec());
+        objects.insert("bad/../dotdot".into(), b"x".to_vec());
+        objects.insert(format!("long/{}", "n".repeat(LONG_NAME_LEN)), b"x".to_vec());
+        objects.insert("long/ok".into(), b"ok".to_vec());
+        // Names that are odd but valid.
+        objects.insert(
+            "odd/with space + plus %25 ünïcødé.txt".into(),
+            b"odd\n".to_vec(),
+        );
+        for i in 0..MANY {
+            objects.insert(format!("many/f{i:05}"), format!("{i}\n").into_bytes());
+        }
+        let items: Vec<(String, Vec<u8>)> = objects
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        // Upload with some parallelism: thousands of small PUTs.
+        rt().block_on(async {
+            let mut set = tokio::task::JoinSet::new();
+            for chunk in items.chunks(items.len().div_ceil(16)) {
+                let chunk = chunk.to_vec();
+                let bucket = bucket.clone();
+                set.spawn(async move {
+                    for (k, v) in chunk {
+                        client()
+                            .put_object()
+                            .bucket(&bucket)
+                            .key(&k)
+                            .body(v.into())
+                            .send()
+                            .await
+                            .unwrap_or_else(|e| panic!("put {k}: {e:?}"));
+                    }
+                });
+            }
+            while let Some(r) = set.join_next().await {
+                r.expect("upload task");
+            }
+        });
+        Fixture { bucket, objects }
+    })
+}
+
+fn src() -> String {
+    format!("s3://{}", fixture().bucket)
+}
+
+#[test]
+fn whole_files_have_exact_bytes() {
+    let fx = fixture();
+    let m = mount(&src(), &[]);
+    for name in [
+        "small.txt",
+        "empty",
+        "mid.bin",
+        "a/b/c/deep.txt",
+        "odd/with space + plus %25 ünïcødé.txt",
+    ] {
+        let got = std::fs::read(m.p(name)).unwrap_or_else(|e| panic!("read {name}: {e}"));
+        assert_eq!(sha256(&got), sha256(&fx.objects[name]), "{name}");
+    }
+    // The big one through an ordinary tool.
+    let out = Command::new("sha256sum")
+        .arg(m.p("big.bin"))
+        .output()
+        .expect("sha256sum");
+    assert!(out.status.success());
+    let sum = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        sum.split_whitespace().next(),
+        Some(sha256(&fx.objects["big.bin"]).as_str())
+    );
+    // And `cp` gives an identical copy.
+    let copy = m.dir.path().join("copy.bin");
+    assert!(
+        Command::new("cp")
+            .arg(m.p("mid.bin"))
+            .arg(&copy)
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert_eq!(sha256_file(&copy), sha256(&fx.objects["mid.bin"]));
+}
+
+#[test]
+fn random_preads_return_exact_bytes() {
+    let fx = fixture();
+    let data = &fx.objects["big.bin"];
+    let m = mount(&src(), &[]);
+    let f = std::fs::File::open(m.p("big.bin")).unwrap();
+    let mut seed = 12345u64;
+    let mut next = || {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        seed >> 16
+    };
+    for _ in 0..300 {
+        let len = [1usize, 100, 4096, 65_536, 1 << 20, 3 << 20][(next() % 6) as usize];
+        let off = next() % (data.len() as u64 + 100);
+        let mut buf = vec![0u8; len];
+        let n = f.read_at(&mut buf, off).unwrap();
+        let start = (off as usize).min(data.len());
+        let end = (off as usize + len).min(data.len());
+        // A single read may be short; what it returns must be exact.
+        assert!(n <= end - start, "read past EOF at {off}");
+        assert!(n > 0 || start == end, "no data at {off}");
+        assert_eq!(
+            &buf[..n],
+            &data[start..start + n],
+            "pread at {off} len {len}"
+        );
+    }
+    // The last bytes and exactly EOF.
+    let mut tail = [0u8; 10];
+    let n = f.read_at(&mut tail, data.len() as u64 - 10).unwrap();
+    assert_eq!(&tail[..n], &data[data.len() - 10..]);
+    assert_eq!(f.read_at(&mut tail, data.len() as u64).unwrap(), 0);
+}
+
+#[test]
+fn listings_stat_ls_and_find() {
+    let fx = fixture();
+    let m = mount(&src(), &[]);
+    let mut top: Vec<String> = std::fs::read_dir(&m.path)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    top.sort();
+    assert_eq!(
+        top,
+        [
+            "a",
+            "bad",
+            "big.bin",
+            "dup",
+            "empty",
+            "long",
+            "many",
+            "marker",
+            "mid.bin",
+            "odd",
+            "small.txt"
+        ]
+    );
+    // More than one LIST page, every entry exactly once.
+    let mut many: Vec<String> = std::fs::read_dir(m.p("many"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    many.sort();
+    many.dedup();
+    assert_eq!(many.len(), MANY);
+    // `ls -l` shows sizes from S3.
+    let ls = Command::new("ls").arg("-l").arg(&m.path).output().unwrap();
+    assert!(ls.status.success());
+    let ls = String::from_utf8_lossy(&ls.stdout);
+    let big_line = ls
+        .lines()
+        .find(|l| l.ends_with(" big.bin"))
+        .expect("big.bin in ls -l");
+    assert!(big_line.starts_with("-r--r--r--"), "{big_line}");
+    assert!(big_line.contains(&format!(" {BIG_LEN} ")), "{big_line}");
+    let dir_line = ls.lines().find(|l| l.ends_with(" a")).expect("a in ls -l");
+    assert!(dir_line.starts_with("dr-xr-xr-x"), "{dir_line}");
+    // stat
+    let md = std::fs::metadata(m.p("mid.bin")).unwrap();
+    assert!(md.is_file());
+    assert_eq!(md.len(), fx.objects["mid.bin"].len() as u64);
+    assert_eq!(md.mode() & 0o7777, 0o444);
+    assert!(md.mtime() > 1_600_000_000, "mtime from S3's LastModified");
+    assert!(std::fs::metadata(m.p("a/b")).unwrap().is_dir());
+    assert!(std::fs::metadata(m.p("marker")).unwrap().is_dir());
+    // find counts every visible file: all but the hidden ones (dup, bad/*, the long name).
+    let find = Command::new("find")
+        .arg(&m.path)
+        .arg("-type")
+        .arg("f")
+        .output()
+        .unwrap();
+    assert!(
+        find.status.success(),
+        "{}",
+        String::from_utf8_lossy(&find.stderr)
+    );
+    let files = String::from_utf8_lossy(&find.stdout).lines().count();
+    let hidden = 1 + 3 + 1; // dup, bad//…, bad/./…, bad/../…, long/<300 chars>
+    let markers = 1; // marker/ is a directory, not a file
+    assert_eq!(files, fx.objects.len() - hidden - markers);
+    let find_dirs = Command::new("find")
+        .arg(&m.path)
+        .arg("-type")
+        .arg("d")
+        .output()
+        .unwrap();
+    let dirs = String::from_utf8_lossy(&find_dirs.stdout).lines().count();
+    assert_eq!(
+        dirs,
+        10,
+        "root a a/b a/b/c bad dup long many marker odd, nothing else:\n{}",
+        String::from_utf8_lossy(&find_dirs.stdout)
+    );
+}
+
+#[test]
+fn name_rules_hide_what_cannot_be_a_name() {
+    let m = mount(&src(), &[]);
+    // `dup` is a directory: the file `dup` is hidden behind it.
+    assert!(std::fs::metadata(m.p("dup")).unwrap().is_dir());
+    assert_eq!(std::fs::read(m.p("dup/inside.txt")).unwrap(), b"inside\n");
+    // bad/ exists but everything under it is hidden.
+    assert!(std::fs::metadata(m.p("bad")).unwrap().is_dir());
+    assert_eq!(std::fs::read_dir(m.p("bad")).unwrap().count(), 0);
+    // Over-long names are hidden; their neighbours are not.
+    let long: Vec<_> = std::fs::read_dir(m.p("long"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(long, vec![std::ffi::OsString::from("ok")]);
+    let log = m.log_text();
+    assert!(log.contains("key hidden"), "hidden keys are logged:\n{log}");
+}
+
+#[test]
+fn missing_paths_are_enoent_and_writes_are_erofs() {
+    let m = mount(&src(), &[]);
+    for p in ["nope", "a/nope", "a/b/c/deep.txt/x", "many/f99999"] {
+        let e = std::fs::metadata(m.p(p)).unwrap_err();
+        assert!(
+            matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR)),
+            "{p}: {e}"
+        );
+    }
+    let erofs = |r: std::io::Result<()>, what: &str| {
+        let e = r.expect_err(what);
+        assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{what}: {e}");
+    };
+    erofs(
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(m.p("small.txt"))
+            .map(|_| ()),
+        "open for write",
+    );
+    erofs(std::fs::File::create(m.p("new.txt")).map(|_| ()), "create");
+    erofs(std::fs::write(m.p("small.txt"), b"x"), "overwrite");
+    erofs(std::fs::remove_file(m.p("small.txt")), "unlink");
+    erofs(std::fs::create_dir(m.p("newdir")), "mkdir");
+    erofs(std::fs::remove_dir(m.p("marker")), "rmdir");
+    erofs(std::fs::rename(m.p("small.txt"), m.p("renamed")), "rename");
+    // Nothing changed.
+    assert_eq!(std::fs::read(m.p("small.txt")).unwrap(), b"hello, world\n");
+    assert_eq!(
+        std::fs::metadata(m.p("new.txt")).unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+}
+
+#[test]
+fn eight_concurrent_readers_see_the_same_bytes() {
+    let fx = fixture();
+    let want = sha256(&fx.objects["big.bin"]);
+    let m = mount(&src(), &["--cache-size", "128MiB"]);
+    let path = m.p("big.bin");
+    let handles: Vec<_> = (0..8)
+        .map(|i| {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                // Different read sizes so the readers interleave differently.
+                let f = std::fs::File::open(&path).unwrap();
+                let chunk = [4096usize, 65_536, 131_072, 1 << 20][i % 4];
+                let mut h = <sha2::Sha256 as sha2::Digest>::new();
+                let mut buf = vec![0u8; chunk];
+                let mut off = 0u64;
+                loop {
+                    let n = f.read_at(&mut buf, off).unwrap();
+                    if n == 0 {
+                        break;
+                    }
+                    sha2::Digest::update(&mut h, &buf[..n]);
+                    off += n as u64;
+                }
+                format!("{:x}", sha2::Digest::finalize(h))
+            })
+        })
+        .collect();
+    for h in handles {
+        assert_eq!(h.join().unwrap(), want);
+    }
+}
+
+#[test]
+fn prefix_mount_strips_the_prefix() {
+    let fx = fixture();
+    let m = mount(&format!("s3://{}/a/b", fx.bucket), &[]);
+    let mut names: Vec<String> = std::fs::read_dir(&m.path)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["c", "sibling.txt"]);
+    assert_eq!(std::fs::read(m.p("c/deep.txt")).unwrap(), b"deep\n");
+    assert!(std::fs::metadata(m.p("a")).is_err());
+}
+
+#[test]
+fn sigterm_unmounts_cleanly_even_when_busy() {
+    let _ = fixture();
+    // Idle mount.
+    let mut m = mount(&src(), &[]);
+    assert!(m.p("small.txt").exists());
+    let st = m.stop();
+    assert_eq!(st.code(), Some(0), "exit status; log:\n{}", m.log_text());
+    assert!(
+        !s3_oidc_mount::mount::is_mount_point(&m.path),
+        "still mounted after SIGTERM"
+    );
+
+    // A file held open: the daemon still exits 0, quickly, and leaves no mount behind.
+    let mut m = mount(&src(), &[]);
+    let f = std::fs::File::open(m.p("mid.bin")).unwrap();
+    let mut b = [0u8; 16];
+    f.read_at(&mut b, 0).unwrap();
+    let t = Instant::now();
+    let st = m.stop();
+    assert_eq!(st.code(), Some(0), "log:\n{}", m.log_text());
+    assert!(
+        t.elapsed() < Duration::from_secs(8),
+        "took {:?}",
+        t.elapsed()
+    );
+    assert!(!s3_oidc_mount::mount::is_mount_point(&m.path));
+    drop(f);
+
+    // SIGINT works the same.
+    let mut m = mount(&src(), &[]);
+    m.signal(libc::SIGINT);
+    assert_eq!(m.wait(Duration::from_secs(15)).code(), Some(0));
+    assert!(!s3_oidc_mount::mount::is_mount_point(&m.path));
+}
