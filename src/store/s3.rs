@@ -204,12 +204,15 @@ impl ObjectStore for S3Store {
         if !etag.is_empty() && out.e_tag().is_some_and(|e| e != etag) {
             return Err(StoreError::PreconditionFailed);
         }
-        if let Some(len) = out.content_length()
-            && len as u64 != want
-        {
-            return Err(StoreError::Transient(format!(
-                "GET {key} {range:?}: Content-Length {len}, expected {want}"
-            )));
+        // The length must be known up front: HTTP framing then guarantees the body cannot
+        // run past it, and a short body is caught by the reader.
+        match out.content_length() {
+            Some(len) if len as u64 == want => {}
+            len => {
+                return Err(StoreError::Transient(format!(
+                    "GET {key} {range:?}: Content-Length {len:?}, expected {want}"
+                )));
+            }
         }
         if let Some(cr) = out.content_range() {
             let expected = format!("bytes {}-{}/", range.start, range.end - 1);
