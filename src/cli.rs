@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::auth::{CredentialMode, DEFAULT_AUDIENCE, SessionPolicy, parse_session_policy};
 use crate::fs::names;
 
 #[derive(Parser, Debug)]
@@ -39,10 +40,92 @@ pub enum LogFormat {
 }
 
 #[derive(Subcommand, Debug)]
+// Parsed once at start: the size difference between variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Mount s3://BUCKET[/PREFIX] read-only at MOUNTPOINT and serve it in the foreground
     /// until SIGTERM/SIGINT (then unmount and exit 0).
     Mount(MountArgs),
+    /// Print the IAM trust policy and the least-privilege permission policy for a role that
+    /// a Google service account assumes to read s3://BUCKET/PREFIX.
+    Policy(PolicyArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct PolicyArgs {
+    /// The mount the role is for: s3://BUCKET or s3://BUCKET/PREFIX.
+    #[arg(value_name = "s3://BUCKET[/PREFIX]")]
+    pub source: String,
+
+    /// The audience the daemon requests (the trust policy's accounts.google.com:oaud).
+    #[arg(long, env = "S3_OIDC_MOUNT_AUDIENCE", default_value = DEFAULT_AUDIENCE)]
+    pub audience: String,
+
+    /// The service account's numeric unique id (`gcloud iam service-accounts describe SA
+    /// --format='value(uniqueId)'`); default: read from the GCP metadata server.
+    #[arg(long)]
+    pub service_account_id: Option<String>,
+
+    /// ARN partition of the generated resources (aws, aws-cn, aws-us-gov).
+    #[arg(long, default_value = "aws")]
+    pub partition: String,
+}
+
+/// How the daemon gets AWS credentials (shared by the commands that talk to AWS).
+#[derive(Args, Debug, Clone)]
+pub struct AuthArgs {
+    /// Where credentials come from: gcp (metadata-server identity token -> STS), token-file
+    /// (a rotated token file -> STS), aws (the standard AWS chain), or auto.
+    #[arg(long, env = "S3_OIDC_MOUNT_CREDENTIALS", value_enum, default_value_t = CredentialMode::Auto)]
+    pub credentials: CredentialMode,
+
+    /// IAM role to assume with the identity token; default: AWS_ROLE_ARN.
+    #[arg(long, env = "S3_OIDC_MOUNT_ROLE_ARN")]
+    pub role_arn: Option<String>,
+
+    /// Audience of the requested identity token (must match the role's trust policy).
+    #[arg(long, env = "S3_OIDC_MOUNT_AUDIENCE", default_value = DEFAULT_AUDIENCE)]
+    pub audience: String,
+
+    /// Identity token file for --credentials token-file; default: AWS_WEB_IDENTITY_TOKEN_FILE.
+    #[arg(long, env = "S3_OIDC_MOUNT_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+
+    /// STS region; default: the bucket's region.
+    #[arg(long, env = "S3_OIDC_MOUNT_STS_REGION")]
+    pub sts_region: Option<String>,
+
+    /// STS endpoint URL (private endpoints, tests); default: the regional AWS endpoint.
+    #[arg(long, env = "S3_OIDC_MOUNT_STS_ENDPOINT_URL", value_parser = parse_url)]
+    pub sts_endpoint_url: Option<String>,
+
+    /// Lifetime of each STS session, 15m..12h (at most the role's MaxSessionDuration).
+    #[arg(long, env = "S3_OIDC_MOUNT_SESSION_DURATION", default_value = "1h", value_parser = parse_session_duration)]
+    pub session_duration: Duration,
+
+    /// RoleSessionName (shown in CloudTrail); default: from the workload (Cloud Run
+    /// revision or job execution, and instance id).
+    #[arg(long, env = "S3_OIDC_MOUNT_SESSION_NAME")]
+    pub session_name: Option<String>,
+
+    /// Session policy: auto (read-only, this bucket and prefix), none, or @FILE (JSON).
+    #[arg(long, env = "S3_OIDC_MOUNT_SESSION_POLICY", default_value = "auto", value_parser = parse_session_policy)]
+    pub session_policy: SessionPolicy,
+
+    /// Renew credentials this long before they expire (jittered).
+    #[arg(long, env = "S3_OIDC_MOUNT_REFRESH_MARGIN", default_value = "5m", value_parser = parse_duration)]
+    pub refresh_margin: Duration,
+}
+
+fn parse_session_duration(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if (900..=43_200).contains(&d.as_secs()) {
+        Ok(d)
+    } else {
+        Err(format!(
+            "session duration {s:?} must be between 15m and 12h"
+        ))
+    }
 }
 
 #[derive(Args, Debug, Clone)]
@@ -102,6 +185,9 @@ pub struct MountArgs {
     /// Size of one ranged GET for sequential reads (binary units, 1MiB..64MiB).
     #[arg(long, env = "S3_OIDC_MOUNT_PART_SIZE", default_value = "8MiB", value_parser = parse_part_size)]
     pub part_size: u64,
+
+    #[command(flatten)]
+    pub auth: AuthArgs,
 
     /// FUSE worker threads.
     #[arg(long, env = "S3_OIDC_MOUNT_FUSE_THREADS", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]

@@ -3,8 +3,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 
-use s3_oidc_mount::auth::CredentialSource;
-use s3_oidc_mount::cli::{Cli, Command, MountArgs, parse_source};
+use s3_oidc_mount::auth::{AuthConfig, policy, token::GcpMetadata};
+use s3_oidc_mount::cli::{AuthArgs, Cli, Command, MountArgs, PolicyArgs, Source, parse_source};
 use s3_oidc_mount::fs::FsConfig;
 use s3_oidc_mount::mount::{self, MountConfig};
 use s3_oidc_mount::store::s3::S3Options;
@@ -39,8 +39,72 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 mounted.serve_until_signal().await
             })?;
         }
+        Command::Policy(args) => rt.block_on(print_policies(&args))?,
     }
     Ok(())
+}
+
+async fn print_policies(a: &PolicyArgs) -> anyhow::Result<()> {
+    let source = parse_source(&a.source).map_err(anyhow::Error::msg)?;
+    let sa_id = match &a.service_account_id {
+        Some(id) => id.clone(),
+        None => {
+            // The unique id is the `sub` of the service account's own identity token.
+            let md = GcpMetadata::new(None, &a.audience);
+            let token = md.identity_token().await.with_context(|| {
+                "reading the service account's unique id from the metadata server (off GCP, pass \
+                 --service-account-id from `gcloud iam service-accounts describe SA --format='value(uniqueId)'`)"
+            })?;
+            token.claims.sub.clone()
+        }
+    };
+    let pretty = |v: &serde_json::Value| serde_json::to_string_pretty(v).unwrap_or_default();
+    println!("# Trust policy of the IAM role (Trust relationships):");
+    println!("{}", pretty(&policy::trust_policy(&a.audience, &sa_id)));
+    println!();
+    println!("# Permission policy of the role (least privilege, read-only {source}):");
+    println!(
+        "{}",
+        pretty(&policy::permission_policy(
+            &a.partition,
+            &source.bucket,
+            &source.prefix
+        ))
+    );
+    println!();
+    println!(
+        "# Mount with: s3-oidc-mount mount {source} MOUNTPOINT --credentials gcp --role-arn ROLE_ARN --audience {}",
+        a.audience
+    );
+    Ok(())
+}
+
+fn auth_config(a: &AuthArgs, source: &Source, s3_region: &str) -> anyhow::Result<AuthConfig> {
+    if a.refresh_margin >= a.session_duration {
+        anyhow::bail!(
+            "--refresh-margin ({:?}) must be shorter than --session-duration ({:?})",
+            a.refresh_margin,
+            a.session_duration
+        );
+    }
+    Ok(AuthConfig {
+        mode: a.credentials,
+        role_arn: a.role_arn.clone(),
+        audience: a.audience.clone(),
+        token_file: a.token_file.clone(),
+        metadata_host: None,
+        sts_region: a
+            .sts_region
+            .clone()
+            .unwrap_or_else(|| s3_region.to_string()),
+        sts_endpoint_url: a.sts_endpoint_url.clone(),
+        session_duration: a.session_duration,
+        session_name: a.session_name.clone(),
+        session_policy: a.session_policy.clone(),
+        refresh_margin: a.refresh_margin,
+        bucket: source.bucket.clone(),
+        prefix: source.prefix.clone(),
+    })
 }
 
 fn env_nonempty(name: &str) -> Option<String> {
@@ -72,7 +136,9 @@ fn mount_config(a: &MountArgs) -> anyhow::Result<MountConfig> {
         part_size: a.part_size,
         ..FsConfig::default()
     };
+    let auth = auth_config(&a.auth, &source, &region)?;
     Ok(MountConfig {
+        auth,
         s3: S3Options {
             bucket: source.bucket.clone(),
             region,
@@ -86,6 +152,5 @@ fn mount_config(a: &MountArgs) -> anyhow::Result<MountConfig> {
         cache_bytes: a.cache_size.unwrap_or_else(mount::default_cache_bytes),
         allow_other: a.allow_other,
         fuse_threads: usize::from(a.fuse_threads),
-        credentials: CredentialSource::AwsChain,
     })
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use fuser::{MountOption, SessionACL};
 
-use crate::auth::{self, AuthError, CredentialSource};
+use crate::auth::{self, AuthConfig, AuthError};
 use crate::cache::BlockCache;
 use crate::cli::Source;
 use crate::fs::{Fs, FsConfig};
@@ -27,7 +27,7 @@ pub struct MountConfig {
     pub cache_bytes: u64,
     pub allow_other: bool,
     pub fuse_threads: usize,
-    pub credentials: CredentialSource,
+    pub auth: AuthConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -145,7 +145,8 @@ pub async fn preflight<S: ObjectStore>(store: &S, cfg: &MountConfig) -> Result<(
             ))))
         }
         Err(StoreError::Credentials(m)) => Err(MountError::Preflight(one_line(format!(
-            "no usable AWS credentials: {m}; set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE"
+            "no usable AWS credentials: {m}; use --credentials gcp or token-file with --role-arn, \
+             or set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE"
         )))),
         Err(StoreError::Unreachable(m)) => Err(MountError::Preflight(one_line(format!(
             "cannot reach the S3 endpoint {endpoint}: {m}; check --endpoint-url and the network"
@@ -186,8 +187,12 @@ pub struct Mounted {
 pub async fn mount(cfg: MountConfig) -> Result<Mounted, MountError> {
     let started = Instant::now();
     let mountpoint = check_mountpoint(&cfg.mountpoint)?;
-    let creds = auth::provider(&cfg.credentials, &cfg.s3.region).await?;
-    let store = Arc::new(S3Store::new(&cfg.s3, creds));
+    let creds = auth::resolve(&cfg.auth).await?;
+    let store = Arc::new(S3Store::new(
+        &cfg.s3,
+        creds.provider.clone(),
+        creds.sdk_cache,
+    ));
     preflight(&*store, &cfg).await?;
 
     let cache = BlockCache::new(cfg.cache_bytes as usize);

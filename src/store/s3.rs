@@ -32,7 +32,9 @@ pub struct S3Store {
 }
 
 impl S3Store {
-    pub fn new(opts: &S3Options, credentials: SharedCredentialsProvider) -> Self {
+    /// `sdk_cache`: let the SDK cache credentials; off for providers that answer from
+    /// memory and must see every request (our refresher).
+    pub fn new(opts: &S3Options, credentials: SharedCredentialsProvider, sdk_cache: bool) -> Self {
         let timeouts = TimeoutConfig::builder()
             .connect_timeout(Duration::from_secs(5))
             // Time to the first byte of a response; body stalls are bounded by the reader.
@@ -53,6 +55,9 @@ impl S3Store {
             );
         if let Some(url) = &opts.endpoint_url {
             b = b.endpoint_url(url);
+        }
+        if !sdk_cache {
+            b = b.identity_cache(aws_sdk_s3::config::IdentityCache::no_cache());
         }
         S3Store {
             client: Client::from_conf(b.build()),

@@ -1,0 +1,119 @@
+//! Policy documents: the session policy that scopes each STS session to the mount, and the
+//! trust and permission policies a user attaches to the role (printed by `policy`).
+
+use serde_json::{Value, json};
+
+/// STS limit on the inline session policy (characters).
+pub const SESSION_POLICY_MAX: usize = 2048;
+
+/// The ARN partition of a role ARN (`aws`, `aws-cn`, `aws-us-gov`), so generated resource
+/// ARNs match the role's partition.
+pub fn partition(role_arn: &str) -> &str {
+    role_arn
+        .strip_prefix("arn:")
+        .and_then(|r| r.split(':').next())
+        .filter(|p| !p.is_empty())
+        .unwrap_or("aws")
+}
+
+/// Statements that allow reading `bucket/prefix` (prefix "" or ending in `/`), and nothing else.
+fn read_statements(partition: &str, bucket: &str, prefix: &str) -> Vec<Value> {
+    let bucket_arn = format!("arn:{partition}:s3:::{bucket}");
+    let list = if prefix.is_empty() {
+        json!({"Effect":"Allow","Action":"s3:ListBucket","Resource":bucket_arn})
+    } else {
+        json!({"Effect":"Allow","Action":"s3:ListBucket","Resource":bucket_arn,
+               "Condition":{"StringLike":{"s3:prefix":[prefix, format!("{prefix}*")]}}})
+    };
+    vec![
+        list,
+        json!({"Effect":"Allow","Action":"s3:GetObject","Resource":format!("{bucket_arn}/{prefix}*")}),
+    ]
+}
+
+/// The default session policy: read-only, this bucket and prefix only. Compact JSON
+/// (some STS implementations reject spaces in form-encoded policies).
+pub fn session_policy(partition: &str, bucket: &str, prefix: &str) -> Result<String, String> {
+    let doc =
+        json!({"Version":"2012-10-17","Statement":read_statements(partition, bucket, prefix)});
+    let s = doc.to_string();
+    if s.len() > SESSION_POLICY_MAX {
+        return Err(format!(
+            "the generated session policy is {} characters, over STS's limit of {SESSION_POLICY_MAX} \
+             (a very long prefix?): use --session-policy none or --session-policy @FILE",
+            s.len()
+        ));
+    }
+    Ok(s)
+}
+
+/// Checks a user-supplied session policy: JSON, within the size limit; returned compact.
+pub fn check_session_policy(text: &str) -> Result<String, String> {
+    let v: Value = serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))?;
+    let s = v.to_string();
+    if s.len() > SESSION_POLICY_MAX {
+        return Err(format!(
+            "{} characters, over STS's limit of {SESSION_POLICY_MAX}",
+            s.len()
+        ));
+    }
+    Ok(s)
+}
+
+/// Least-privilege permission policy for the role (attach it to the role in IAM).
+pub fn permission_policy(partition: &str, bucket: &str, prefix: &str) -> Value {
+    json!({"Version":"2012-10-17","Statement":read_statements(partition, bucket, prefix)})
+}
+
+/// Trust policy for a Google service account on AWS: Google is a built-in identity provider
+/// (`accounts.google.com`); `:aud` is the token's `azp` (the service account's unique id),
+/// `:oaud` the audience the daemon requests, `:sub` the unique id.
+pub fn trust_policy(audience: &str, service_account_id: &str) -> Value {
+    json!({"Version":"2012-10-17","Statement":[{
+        "Effect":"Allow",
+        "Principal":{"Federated":"accounts.google.com"},
+        "Action":"sts:AssumeRoleWithWebIdentity",
+        "Condition":{"StringEquals":{
+            "accounts.google.com:aud":service_account_id,
+            "accounts.google.com:oaud":audience,
+            "accounts.google.com:sub":service_account_id}}}]})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_policy_scopes_to_the_prefix() {
+        let p = session_policy("aws", "b", "data/x/").unwrap();
+        let v: Value = serde_json::from_str(&p).unwrap();
+        assert!(!p.contains(' '), "compact: {p}");
+        assert_eq!(
+            v["Statement"][0]["Condition"]["StringLike"]["s3:prefix"],
+            json!(["data/x/", "data/x/*"])
+        );
+        assert_eq!(v["Statement"][1]["Resource"], "arn:aws:s3:::b/data/x/*");
+        assert_eq!(v["Statement"][1]["Action"], "s3:GetObject");
+        let whole = session_policy("aws", "b", "").unwrap();
+        assert!(!whole.contains("Condition"));
+        assert!(whole.contains("arn:aws:s3:::b/*"));
+        // Quotes in a prefix are escaped, not injected.
+        let q = session_policy("aws", "b", "a\"b/").unwrap();
+        assert!(serde_json::from_str::<Value>(&q).is_ok());
+        assert!(session_policy("aws", "b", &format!("{}/", "p".repeat(1000))).is_err());
+    }
+
+    #[test]
+    fn partitions_and_checks() {
+        assert_eq!(partition("arn:aws-cn:iam::123:role/r"), "aws-cn");
+        assert_eq!(partition("arn:aws:iam::123:role/r"), "aws");
+        assert_eq!(partition("nonsense"), "aws");
+        assert_eq!(check_session_policy("{ \"a\" : 1 }").unwrap(), "{\"a\":1}");
+        assert!(check_session_policy("{").is_err());
+        let t = trust_policy("my-aud", "1234");
+        assert_eq!(
+            t["Statement"][0]["Condition"]["StringEquals"]["accounts.google.com:oaud"],
+            "my-aud"
+        );
+    }
+}

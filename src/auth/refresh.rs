@@ -1,0 +1,325 @@
+//! Credentials served from memory, renewed in the background before they expire.
+//!
+//! The S3 client asks for credentials on every request (`ProvideCredentials`); the answer
+//! comes from memory at once. A background task renews them a margin before expiry (with
+//! jitter), retrying with bounded backoff while the current ones stay valid. Because a
+//! throttled CPU (Cloud Run between requests) can starve that timer, the request path also
+//! checks: inside the margin it wakes the task, and only with really expired credentials does
+//! a request wait for a renewal.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, Instant, SystemTime};
+
+use aws_credential_types::provider::error::CredentialsError;
+use aws_credential_types::provider::{ProvideCredentials, future};
+use tokio::sync::Notify;
+
+use super::AuthError;
+use super::jwt::{IdToken, now_unix};
+use super::sts::{Exchanger, Session, StsError, trust_hint};
+use super::token::TokenSource;
+
+/// Credentials this close to expiry are treated as expired (clock skew, request time).
+const EXPIRY_SAFETY: Duration = Duration::from_secs(10);
+/// How long a request may wait for a renewal of expired credentials.
+const SYNC_REFRESH_TIMEOUT: Duration = Duration::from_secs(20);
+/// Minimum time between renewals attempted from the request path after a failure.
+const SYNC_RETRY_INTERVAL: Duration = Duration::from_secs(2);
+const MIN_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+#[derive(Default, Debug)]
+pub struct RefreshStats {
+    pub renewals: AtomicU64,
+    pub failures: AtomicU64,
+}
+
+struct Inner {
+    source: TokenSource,
+    exchanger: Exchanger,
+    margin: Duration,
+    current: RwLock<Option<Arc<Session>>>,
+    /// A cached identity token (GCP mints a new one per call; reuse it while it lasts).
+    token: tokio::sync::Mutex<Option<IdToken>>,
+    /// One renewal at a time.
+    renewing: tokio::sync::Mutex<()>,
+    wake: Notify,
+    last_failure: Mutex<Option<(Instant, AuthError)>>,
+    stats: RefreshStats,
+}
+
+#[derive(Clone)]
+pub struct Refresher {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Refresher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Refresher")
+            .field("source", &self.inner.source.describe())
+            .field("role", &self.inner.exchanger.config().role_arn)
+            .finish()
+    }
+}
+
+impl Refresher {
+    /// Gets the first credentials (a failure here is a configuration error, reported with
+    /// what to fix) and starts the background renewal.
+    pub async fn start(
+        source: TokenSource,
+        exchanger: Exchanger,
+        margin: Duration,
+    ) -> Result<Self, AuthError> {
+        let inner = Arc::new(Inner {
+            source,
+            exchanger,
+            margin,
+            current: RwLock::new(None),
+            token: tokio::sync::Mutex::new(None),
+            renewing: tokio::sync::Mutex::new(()),
+            wake: Notify::new(),
+            last_failure: Mutex::new(None),
+            stats: RefreshStats::default(),
+        });
+        // A transient failure at start gets a few tries; a rejection fails at once.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match inner.renew("initial").await {
+                Ok(_) => break,
+                Err(e) if e.is_transient() && attempt < 3 => {
+                    tracing::warn!(error = %e, attempt, "getting credentials failed, retrying");
+                    tokio::time::sleep(MIN_BACKOFF * attempt).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        tokio::spawn(background(Arc::downgrade(&inner)));
+        Ok(Refresher { inner })
+    }
+
+    pub fn current(&self) -> Option<Arc<Session>> {
+        self.inner.current()
+    }
+
+    pub fn stats(&self) -> &RefreshStats {
+        &self.inner.stats
+    }
+
+    async fn credentials(&self) -> aws_credential_types::provider::Result {
+        if let Some(s) = self.inner.current() {
+            let left = s
+                .expiry
+                .duration_since(SystemTime::now())
+                .unwrap_or_default();
+            if left > EXPIRY_SAFETY {
+                if left < self.inner.margin {
+                    // The background renewal is late (starved timer): nudge it, don't wait.
+                    self.inner.wake.notify_one();
+                }
+                return Ok(s.credentials.clone());
+            }
+        }
+        // Expired: this request has to wait for a renewal, unless one just failed.
+        if let Some((at, e)) = &*lock(&self.inner.last_failure)
+            && at.elapsed() < SYNC_RETRY_INTERVAL
+        {
+            return Err(CredentialsError::provider_error(e.clone()));
+        }
+        match tokio::time::timeout(SYNC_REFRESH_TIMEOUT, self.inner.renew("expired")).await {
+            Ok(Ok(s)) => Ok(s.credentials.clone()),
+            Ok(Err(e)) => Err(CredentialsError::provider_error(e)),
+            Err(_) => Err(CredentialsError::provider_timed_out(SYNC_REFRESH_TIMEOUT)),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Inner {
+    fn current(&self) -> Option<Arc<Session>> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn valid_for(&self) -> Duration {
+        self.current()
+            .and_then(|s| s.expiry.duration_since(SystemTime::now()).ok())
+            .unwrap_or_default()
+    }
+
+    /// An identity token with at least `margin + 60 s` left: the cached one, or a new one.
+    async fn token(&self, fresh: bool) -> Result<(), AuthError> {
+        let mut slot = self.token.lock().await;
+        let keep = !fresh
+            && matches!(&self.source, TokenSource::Gcp(_))
+            && slot
+                .as_ref()
+                .is_some_and(|t| t.remaining(now_unix()) > self.margin.as_secs() + 60);
+        if !keep {
+            *slot = Some(
+                self.source
+                    .identity_token()
+                    .await
+                    .map_err(|e| AuthError::Token {
+                        source_desc: self.source.describe(),
+                        why: e.to_string(),
+                        transient: e.is_transient(),
+                    })?,
+            );
+        }
+        Ok(())
+    }
+
+    async fn exchange(&self) -> Result<Session, StsError> {
+        let slot = self.token.lock().await;
+        match slot.as_ref() {
+            Some(t) => self.exchanger.exchange(t).await,
+            None => Err(StsError::Transient {
+                code: "NoToken".into(),
+                message: "no identity token".into(),
+            }),
+        }
+    }
+
+    /// Gets a new session: token (cached or fresh), exchange; on ExpiredToken a fresh token
+    /// and one more exchange.
+    async fn renew(&self, reason: &str) -> Result<Arc<Session>, AuthError> {
+        let _one = self.renewing.lock().await;
+        // Someone else may have renewed while we waited for the lock.
+        if reason == "expired"
+            && let Some(s) = self.current()
+            && s.expiry
+                .duration_since(SystemTime::now())
+                .unwrap_or_default()
+                > EXPIRY_SAFETY
+        {
+            return Ok(s);
+        }
+        let result = self.renew_locked().await;
+        match &result {
+            Ok(s) => {
+                self.stats.renewals.fetch_add(1, Ordering::Relaxed);
+                *lock(&self.last_failure) = None;
+                let expires_in = s
+                    .expiry
+                    .duration_since(SystemTime::now())
+                    .unwrap_or_default();
+                tracing::info!(
+                    reason,
+                    role = %s.assumed_role_arn,
+                    subject = %s.subject,
+                    audience = %s.audience,
+                    provider = %s.provider,
+                    session = %self.exchanger.config().session_name,
+                    expires_in_s = expires_in.as_secs(),
+                    "AWS credentials obtained"
+                );
+            }
+            Err(e) => {
+                self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                *lock(&self.last_failure) = Some((Instant::now(), e.clone()));
+            }
+        }
+        result
+    }
+
+    async fn renew_locked(&self) -> Result<Arc<Session>, AuthError> {
+        self.token(false).await?;
+        let session = match self.exchange().await {
+            Err(StsError::ExpiredToken { .. }) => {
+                tracing::info!("STS says the identity token expired; fetching a new one");
+                self.token(true).await?;
+                self.exchange().await
+            }
+            other => other,
+        };
+        let session = match session {
+            Ok(s) => Arc::new(s),
+            Err(e) => {
+                let claims = self.token.lock().await.as_ref().map(|t| t.claims.clone());
+                return Err(AuthError::Sts {
+                    role: self.exchanger.config().role_arn.clone(),
+                    transient: e.is_transient(),
+                    hint: match (&e, claims) {
+                        (StsError::Rejected { .. }, Some(c)) => trust_hint(&c),
+                        _ => String::new(),
+                    },
+                    error: e.to_string(),
+                });
+            }
+        };
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some(session.clone());
+        Ok(session)
+    }
+
+    /// When the next renewal is due: `margin` before expiry minus up to a fifth of it as
+    /// jitter (so many instances do not renew in step), and never later than halfway.
+    fn next_renewal(&self) -> Duration {
+        let Some(s) = self.current() else {
+            return Duration::ZERO;
+        };
+        let now = SystemTime::now();
+        let left = s.expiry.duration_since(now).unwrap_or_default();
+        let jitter = self.margin.mul_f64(rand::random_range(0.0..0.2));
+        let early = self.margin + jitter;
+        if left > early * 2 {
+            left - early
+        } else {
+            left / 2
+        }
+    }
+}
+
+async fn background(weak: Weak<Inner>) {
+    let mut backoff = MIN_BACKOFF;
+    let mut retrying = false;
+    loop {
+        let Some(inner) = weak.upgrade() else { return };
+        if !retrying {
+            let wait = inner.next_renewal();
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = inner.wake.notified() => {}
+            }
+            // Woken early by a request while still outside the margin: nothing to do.
+            if inner.valid_for() > inner.margin + inner.margin / 5 {
+                continue;
+            }
+        }
+        match inner.renew("scheduled").await {
+            Ok(_) => {
+                backoff = MIN_BACKOFF;
+                retrying = false;
+            }
+            Err(e) => {
+                retrying = true;
+                let left = inner.valid_for();
+                if left > EXPIRY_SAFETY {
+                    tracing::warn!(error = %e, valid_for_s = left.as_secs(), retry_in_s = backoff.as_secs(),
+                        "credential renewal failed; still serving with the current credentials");
+                } else {
+                    tracing::error!(error = %e, retry_in_s = backoff.as_secs(),
+                        "AWS credentials expired and cannot be renewed; reads fail with EACCES until the identity provider and STS answer again");
+                }
+                drop(inner);
+                tokio::time::sleep(backoff.mul_f64(rand::random_range(0.5..1.0))).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+impl ProvideCredentials for Refresher {
+    fn provide_credentials<'a>(&'a self) -> future::ProvideCredentials<'a>
+    where
+        Self: 'a,
+    {
+        future::ProvideCredentials::new(self.credentials())
+    }
+}
