@@ -258,21 +258,22 @@ impl Inner {
         Ok(session)
     }
 
-    /// When the next renewal is due: `margin` before expiry minus up to a fifth of it as
-    /// jitter (so many instances do not renew in step), and never later than halfway.
+    /// When the next renewal is due: `margin` before expiry, a little earlier by a random
+    /// jitter (up to a fifth of the margin, at most a minute) so that many instances do not
+    /// renew in step; the jitter never takes more than half of the time left before the margin.
     fn next_renewal(&self) -> Duration {
         let Some(s) = self.current() else {
             return Duration::ZERO;
         };
-        let now = SystemTime::now();
-        let left = s.expiry.duration_since(now).unwrap_or_default();
-        let jitter = self.margin.mul_f64(rand::random_range(0.0..0.2));
-        let early = self.margin + jitter;
-        if left > early * 2 {
-            left - early
-        } else {
-            left / 2
-        }
+        let left = s
+            .expiry
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
+        let until_margin = left.saturating_sub(self.margin);
+        let max_jitter = (self.margin / 5)
+            .min(Duration::from_secs(60))
+            .min(until_margin / 2);
+        until_margin.saturating_sub(max_jitter.mul_f64(rand::random_range(0.0..=1.0)))
     }
 }
 
