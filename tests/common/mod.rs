@@ -3,6 +3,9 @@
 //! by the real binary, checked through ordinary syscalls and tools.
 #![allow(dead_code)]
 
+pub mod iam;
+pub mod idp;
+
 use std::io::Read;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
