@@ -261,18 +261,18 @@ impl Inner {
     /// When the next renewal is due: `margin` before expiry, a little earlier by a random
     /// jitter (up to a fifth of the margin, at most a minute) so that many instances do not
     /// renew in step; the jitter never takes more than half of the time left before the margin.
+    /// Credentials that are already inside the margin when issued (STS gave a shorter
+    /// lifetime than the margin) are renewed at half their life, not in a tight loop.
     fn next_renewal(&self) -> Duration {
         let Some(s) = self.current() else {
             return Duration::ZERO;
         };
-        let left = s
-            .expiry
-            .duration_since(SystemTime::now())
-            .unwrap_or_default();
+        let left = s.expiry.duration_since(SystemTime::now()).unwrap_or_default();
         let until_margin = left.saturating_sub(self.margin);
-        let max_jitter = (self.margin / 5)
-            .min(Duration::from_secs(60))
-            .min(until_margin / 2);
+        if until_margin.is_zero() {
+            return left / 2;
+        }
+        let max_jitter = (self.margin / 5).min(Duration::from_secs(60)).min(until_margin / 2);
         until_margin.saturating_sub(max_jitter.mul_f64(rand::random_range(0.0..=1.0)))
     }
 }
@@ -284,12 +284,12 @@ async fn background(weak: Weak<Inner>) {
         let Some(inner) = weak.upgrade() else { return };
         if !retrying {
             let wait = inner.next_renewal();
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = inner.wake.notified() => {}
-            }
-            // Woken early by a request while still outside the margin: nothing to do.
-            if inner.valid_for() > inner.margin + inner.margin / 5 {
+            let woken_by_timer = tokio::select! {
+                _ = tokio::time::sleep(wait) => true,
+                _ = inner.wake.notified() => false,
+            };
+            // Woken early by a request while well outside the margin: nothing to do.
+            if !woken_by_timer && inner.valid_for() > inner.margin + inner.margin / 5 {
                 continue;
             }
         }

@@ -132,14 +132,33 @@ impl Exchanger {
     }
 }
 
-fn classify<E, R>(err: SdkError<E, R>) -> StsError
+fn xml_text(xml: &str, tag: &str) -> Option<String> {
+    let start = xml.find(&format!("<{tag}>"))? + tag.len() + 2;
+    let end = start + xml[start..].find(&format!("</{tag}>"))?;
+    Some(xml[start..end].trim().to_string()).filter(|t| !t.is_empty())
+}
+
+fn classify<E>(err: SdkError<E, aws_smithy_runtime_api::client::orchestrator::HttpResponse>) -> StsError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    R: std::fmt::Debug,
 {
     if let SdkError::ServiceError(se) = &err {
-        let code = se.err().code().unwrap_or("Unknown").to_string();
-        let message = se.err().message().unwrap_or("").to_string();
+        // Some STS implementations (Ceph RGW) answer with a bare <Error> document the SDK
+        // cannot parse: read the code from the body then.
+        let body = se.raw().body().bytes().map(String::from_utf8_lossy);
+        let from_body = |tag: &str| body.as_deref().and_then(|b| xml_text(b, tag));
+        let code = se
+            .err()
+            .code()
+            .map(str::to_string)
+            .or_else(|| from_body("Code"))
+            .unwrap_or_else(|| format!("HTTP {}", se.raw().status().as_u16()));
+        let message = se
+            .err()
+            .message()
+            .map(str::to_string)
+            .or_else(|| from_body("Message"))
+            .unwrap_or_default();
         return match code.as_str() {
             "ExpiredTokenException" | "ExpiredToken" => StsError::ExpiredToken { message },
             "IDPCommunicationError"
@@ -233,7 +252,8 @@ pub fn trust_hint(c: &Claims) -> String {
     } else {
         format!(
             "token claims iss={} aud={} azp={azp} sub={}; the role's trust policy must allow the OIDC \
-             provider {provider} with {provider}:aud = {} and {provider}:sub = {}",
+             provider {provider} (registered with this audience as a client id) with \
+             {provider}:aud (Ceph: {provider}:app_id) = {} and {provider}:sub = {}",
             c.iss, c.aud, c.sub, c.aud, c.sub
         )
     }
@@ -251,6 +271,14 @@ mod tests {
         let n = workload_session_name(Some("00bf4bf02d2c3a8f9e0a1b2c3d4e5f6a7b8c9d0e"));
         assert!(n.len() <= 64 && n.chars().all(session_char), "{n}");
         assert!(n.ends_with(".8c9d0e") || n.contains('.'), "{n}");
+    }
+
+    #[test]
+    fn xml_codes() {
+        let b = "<Error><Code>AccessDenied</Code><Message></Message></Error>";
+        assert_eq!(xml_text(b, "Code").as_deref(), Some("AccessDenied"));
+        assert_eq!(xml_text(b, "Message"), None);
+        assert_eq!(xml_text(b, "RequestId"), None);
     }
 
     #[test]
