@@ -176,6 +176,10 @@ pub struct MountArgs {
     #[arg(long, env = "S3_OIDC_MOUNT_METADATA_TTL", default_value = "60s", value_parser = parse_duration)]
     pub metadata_ttl: Duration,
 
+    /// How long a "no such file" answer is trusted (by the daemon and the kernel); 0 = never.
+    #[arg(long, env = "S3_OIDC_MOUNT_NEGATIVE_TTL", default_value = "5s", value_parser = parse_duration)]
+    pub negative_ttl: Duration,
+
     /// Memory budget of the block cache and prefetch, in bytes with binary units
     /// (e.g. 512MiB, 2G); default: a quarter of the cgroup memory limit (64 MiB..2 GiB),
     /// or 512 MiB without a limit.
@@ -185,6 +189,15 @@ pub struct MountArgs {
     /// Size of one ranged GET for sequential reads (binary units, 1MiB..64MiB).
     #[arg(long, env = "S3_OIDC_MOUNT_PART_SIZE", default_value = "8MiB", value_parser = parse_part_size)]
     pub part_size: u64,
+
+    /// Cache block size: the unit of random reads (binary units, 16KiB..8MiB).
+    #[arg(long, env = "S3_OIDC_MOUNT_BLOCK_SIZE", default_value = "64KiB", value_parser = parse_block_size)]
+    pub block_size: u64,
+
+    /// Kernel readahead for the mount (sequential reads ask this far ahead; 0 keeps the
+    /// kernel's default). Needs write access to /sys; skipped with a debug log otherwise.
+    #[arg(long, env = "S3_OIDC_MOUNT_KERNEL_READAHEAD", default_value = "2MiB", value_parser = parse_size)]
+    pub kernel_readahead: u64,
 
     #[command(flatten)]
     pub auth: AuthArgs,
@@ -290,6 +303,17 @@ fn parse_part_size(s: &str) -> Result<u64, String> {
         Ok(n)
     } else {
         Err(format!("part size {s:?} must be between 1MiB and 64MiB"))
+    }
+}
+
+fn parse_block_size(s: &str) -> Result<u64, String> {
+    let n = parse_size(s)?;
+    if (16 << 10..=8 << 20).contains(&n) && n.is_power_of_two() {
+        Ok(n)
+    } else {
+        Err(format!(
+            "block size {s:?} must be a power of two between 16KiB and 8MiB"
+        ))
     }
 }
 

@@ -44,9 +44,20 @@ pub fn filter(level: &str) -> Result<EnvFilter, LogLevelError> {
         return Err(LogLevelError(level.to_string()));
     }
     EnvFilter::try_new(level).map_err(|_| LogLevelError(level.to_string()))?;
+    // Capped targets follow the global level, but never beyond debug.
+    let global = level
+        .split(',')
+        .map(|d| d.trim().to_ascii_lowercase())
+        .rfind(|d| known.contains(&d.as_str()))
+        .unwrap_or_else(|| "error".to_string());
+    let cap = if global == "trace" {
+        "debug"
+    } else {
+        global.as_str()
+    };
     let mut directives = level.to_string();
     for t in CAPPED {
-        directives.push_str(&format!(",{t}=debug"));
+        directives.push_str(&format!(",{t}={cap}"));
     }
     EnvFilter::try_new(&directives).map_err(|_| LogLevelError(level.to_string()))
 }
@@ -118,6 +129,12 @@ mod tests {
                 "{level}: {out}"
             );
         }
+        // At info, third-party debug output stays off.
+        let info = logged("info");
+        assert!(
+            !info.contains("SDK-DEBUG") && !info.contains("OURS-TRACE"),
+            "{info}"
+        );
         assert!(filter("verbose").is_err());
         assert!(filter("s3_oidc_mount=loud").is_err());
         assert!(filter("INFO").is_ok());

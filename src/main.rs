@@ -35,8 +35,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Mount(args) => {
             let cfg = mount_config(&args)?;
             rt.block_on(async move {
-                let mounted = mount::mount(cfg).await?;
-                mounted.serve_until_signal().await
+                let mut signals = mount::Signals::catch()?;
+                // A signal during the checks (a slow endpoint, say) stops them at once; once
+                // the FUSE mount exists, a signal means a clean unmount.
+                let prepared = tokio::select! {
+                    p = mount::prepare(cfg) => p?,
+                    sig = signals.recv() => anyhow::bail!("{sig} received during the checks; nothing mounted"),
+                };
+                let mounted = prepared.attach().await?;
+                mounted.serve_until_signal(signals).await?;
+                anyhow::Ok(())
             })?;
         }
         Command::Policy(args) => rt.block_on(print_policies(&args))?,
@@ -133,7 +141,9 @@ fn mount_config(a: &MountArgs) -> anyhow::Result<MountConfig> {
         file_mode: a.file_mode,
         dir_mode: a.dir_mode,
         metadata_ttl: a.metadata_ttl,
-        part_size: a.part_size,
+        negative_ttl: a.negative_ttl,
+        part_size: a.part_size.max(a.block_size),
+        block_size: a.block_size,
         ..FsConfig::default()
     };
     let auth = auth_config(&a.auth, &source, &region)?;
@@ -151,6 +161,7 @@ fn mount_config(a: &MountArgs) -> anyhow::Result<MountConfig> {
         fs,
         cache_bytes: a.cache_size.unwrap_or_else(mount::default_cache_bytes),
         allow_other: a.allow_other,
+        kernel_readahead: a.kernel_readahead,
         fuse_threads: usize::from(a.fuse_threads),
     })
 }

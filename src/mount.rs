@@ -26,6 +26,8 @@ pub struct MountConfig {
     pub fs: FsConfig,
     pub cache_bytes: u64,
     pub allow_other: bool,
+    /// Bytes of kernel readahead to set on the mount (0: leave the default).
+    pub kernel_readahead: u64,
     pub fuse_threads: usize,
     pub auth: AuthConfig,
 }
@@ -176,15 +178,53 @@ pub fn default_cache_bytes() -> u64 {
     }
 }
 
+/// SIGTERM and SIGINT, caught from the moment this is created.
+pub struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    pub fn catch() -> Result<Self, MountError> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let io = |e: std::io::Error| MountError::Io(format!("installing signal handlers: {e}"));
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).map_err(io)?,
+            int: signal(SignalKind::interrupt()).map_err(io)?,
+        })
+    }
+
+    /// Waits for either signal and names it.
+    pub async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
+}
+
 /// A live mount, served by fuser's threads until `unmount`.
 pub struct Mounted {
     session: Option<fuser::BackgroundSession>,
     pub mountpoint: PathBuf,
 }
 
-/// Checks everything, then mounts. Returns once the kernel has completed the FUSE
-/// handshake, i.e. the mount answers.
+/// Checks everything, then mounts (`prepare`, then `attach`).
 pub async fn mount(cfg: MountConfig) -> Result<Mounted, MountError> {
+    prepare(cfg).await?.attach().await
+}
+
+/// Everything checked and ready to mount.
+pub struct Prepared {
+    cfg: MountConfig,
+    mountpoint: PathBuf,
+    store: Arc<S3Store>,
+    started: Instant,
+}
+
+/// The checks: mountpoint, credentials, one LIST. Nothing is mounted yet, so this may be
+/// abandoned at any point (e.g. on a signal).
+pub async fn prepare(cfg: MountConfig) -> Result<Prepared, MountError> {
     let started = Instant::now();
     let mountpoint = check_mountpoint(&cfg.mountpoint)?;
     let creds = auth::resolve(&cfg.auth).await?;
@@ -194,7 +234,33 @@ pub async fn mount(cfg: MountConfig) -> Result<Mounted, MountError> {
         creds.sdk_cache,
     ));
     preflight(&*store, &cfg).await?;
+    Ok(Prepared {
+        cfg,
+        mountpoint,
+        store,
+        started,
+    })
+}
 
+impl Prepared {
+    /// Mounts. Returns once the kernel has completed the FUSE handshake, i.e. the mount answers.
+    pub async fn attach(self) -> Result<Mounted, MountError> {
+        let Prepared {
+            cfg,
+            mountpoint,
+            store,
+            started,
+        } = self;
+        attach(cfg, mountpoint, store, started).await
+    }
+}
+
+async fn attach(
+    cfg: MountConfig,
+    mountpoint: PathBuf,
+    store: Arc<S3Store>,
+    started: Instant,
+) -> Result<Mounted, MountError> {
     let cache = BlockCache::new(cfg.cache_bytes as usize);
     let fs = Fs::new(store, cfg.fs.clone(), cache);
     let adapter = FuseAdapter::new(fs, tokio::runtime::Handle::current());
@@ -226,6 +292,11 @@ pub async fn mount(cfg: MountConfig) -> Result<Mounted, MountError> {
         path: mountpoint.clone(),
         why: explain_mount_error(&e),
     })?;
+    if cfg.kernel_readahead > 0 {
+        let mp = mountpoint.clone();
+        let bytes = cfg.kernel_readahead;
+        let _ = tokio::task::spawn_blocking(move || set_kernel_readahead(&mp, bytes)).await;
+    }
     tracing::info!(
         source = %cfg.source,
         mountpoint = %mountpoint.display(),
@@ -237,6 +308,30 @@ pub async fn mount(cfg: MountConfig) -> Result<Mounted, MountError> {
         session: Some(session),
         mountpoint,
     })
+}
+
+/// Sets the mount's readahead (FUSE starts at 128 KiB and only sysfs can raise it), so
+/// sequential reads reach the daemon as large, concurrent requests.
+fn set_kernel_readahead(mountpoint: &Path, bytes: u64) {
+    use std::os::unix::fs::MetadataExt;
+    let dev = match std::fs::metadata(mountpoint) {
+        Ok(m) => m.dev(),
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot stat the mount to set readahead");
+            return;
+        }
+    };
+    let path = format!(
+        "/sys/class/bdi/{}:{}/read_ahead_kb",
+        libc::major(dev),
+        libc::minor(dev)
+    );
+    match std::fs::write(&path, format!("{}\n", bytes / 1024)) {
+        Ok(()) => tracing::debug!(path, kib = bytes / 1024, "kernel readahead set"),
+        Err(e) => {
+            tracing::debug!(path, error = %e, "cannot set kernel readahead; the kernel default applies")
+        }
+    }
 }
 
 fn explain_mount_error(e: &std::io::Error) -> String {
@@ -259,16 +354,13 @@ impl Mounted {
     }
 
     /// Serves until SIGTERM or SIGINT, or until the mount goes away, then unmounts.
-    pub async fn serve_until_signal(mut self) -> Result<(), MountError> {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term =
-            signal(SignalKind::terminate()).map_err(|e| MountError::Io(e.to_string()))?;
-        let mut int = signal(SignalKind::interrupt()).map_err(|e| MountError::Io(e.to_string()))?;
+    /// `signals` must have been set up before mounting, so a signal that arrives while
+    /// mounting is not lost (or fatal: the default action of both is to terminate).
+    pub async fn serve_until_signal(mut self, mut signals: Signals) -> Result<(), MountError> {
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         loop {
             tokio::select! {
-                _ = term.recv() => { tracing::info!("SIGTERM: unmounting"); break; }
-                _ = int.recv() => { tracing::info!("SIGINT: unmounting"); break; }
+                sig = signals.recv() => { tracing::info!(signal = sig, "unmounting"); break; }
                 _ = tick.tick() => {
                     if self.ended() {
                         tracing::info!(mountpoint = %self.mountpoint.display(), "unmounted from outside; exiting");

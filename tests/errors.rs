@@ -40,6 +40,7 @@ fn bad_flags_are_usage_errors() {
         (vec!["--part-size", "100k"], "part size"),
         (vec!["--fuse-threads", "0"], "fuse-threads"),
         (vec!["--log-format", "xml"], "xml"),
+        (vec!["--log-level", "verbose"], "verbose"),
         (vec!["--no-such-flag"], "no-such-flag"),
         (vec!["--endpoint-url", "ftp://x"], "URL"),
     ] {

@@ -378,6 +378,7 @@ fn sigterm_unmounts_cleanly_even_when_busy() {
     // SIGINT works the same.
     let mut m = mount(&src(), &[]);
     m.signal(libc::SIGINT);
-    assert_eq!(m.wait(Duration::from_secs(15)).code(), Some(0));
+    let st = m.wait(Duration::from_secs(15));
+    assert_eq!(st.code(), Some(0), "{st:?}; log:\n{}", m.log_text());
     assert!(!s3_oidc_mount::mount::is_mount_point(&m.path));
 }

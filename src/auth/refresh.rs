@@ -267,12 +267,17 @@ impl Inner {
         let Some(s) = self.current() else {
             return Duration::ZERO;
         };
-        let left = s.expiry.duration_since(SystemTime::now()).unwrap_or_default();
+        let left = s
+            .expiry
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
         let until_margin = left.saturating_sub(self.margin);
         if until_margin.is_zero() {
             return left / 2;
         }
-        let max_jitter = (self.margin / 5).min(Duration::from_secs(60)).min(until_margin / 2);
+        let max_jitter = (self.margin / 5)
+            .min(Duration::from_secs(60))
+            .min(until_margin / 2);
         until_margin.saturating_sub(max_jitter.mul_f64(rand::random_range(0.0..=1.0)))
     }
 }

@@ -138,7 +138,9 @@ fn xml_text(xml: &str, tag: &str) -> Option<String> {
     Some(xml[start..end].trim().to_string()).filter(|t| !t.is_empty())
 }
 
-fn classify<E>(err: SdkError<E, aws_smithy_runtime_api::client::orchestrator::HttpResponse>) -> StsError
+fn classify<E>(
+    err: SdkError<E, aws_smithy_runtime_api::client::orchestrator::HttpResponse>,
+) -> StsError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {

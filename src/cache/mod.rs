@@ -1,5 +1,10 @@
 //! In-memory block cache: blocks of one object version keyed by (key, etag, index), bounded
 //! in bytes (LRU), with one fetch in flight per block that every reader of it shares.
+//!
+//! One budget covers cached blocks and blocks being fetched: claiming a block for fetching
+//! reserves its size and evicts least-recently-used blocks to make room, so memory stays
+//! within the budget whatever the mix of readers. Prefetch may only hold half the budget in
+//! flight; beyond that it is refused (back-pressure) while demanded reads always proceed.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -33,11 +38,16 @@ pub enum Claim {
     Wait(watch::Receiver<BlockState>),
     /// Nobody is: the caller must fetch it and complete the slot.
     Fetch(FetchSlot),
+    /// A prefetch claim refused: too much is in flight already.
+    Busy,
 }
 
 struct Inner {
     lru: LruCache<BlockKey, Bytes>,
+    /// Bytes of cached blocks.
     bytes: usize,
+    /// Bytes reserved by fetches in flight.
+    reserved: usize,
     inflight: HashMap<BlockKey, watch::Receiver<BlockState>>,
 }
 
@@ -47,6 +57,7 @@ pub struct CacheStats {
     pub misses: AtomicU64,
     pub waits: AtomicU64,
     pub evictions: AtomicU64,
+    pub prefetch_refused: AtomicU64,
 }
 
 pub struct BlockCache {
@@ -61,6 +72,7 @@ impl BlockCache {
             inner: Mutex::new(Inner {
                 lru: LruCache::unbounded(),
                 bytes: 0,
+                reserved: 0,
                 inflight: HashMap::new(),
             }),
             capacity: capacity_bytes,
@@ -77,6 +89,11 @@ impl BlockCache {
         self.lock().bytes
     }
 
+    /// Bytes reserved by fetches in flight.
+    pub fn reserved(&self) -> usize {
+        self.lock().reserved
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // The critical sections cannot panic half-way; a poisoned lock still holds valid state.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
@@ -88,30 +105,57 @@ impl BlockCache {
         inner.lru.contains(key) || inner.inflight.contains_key(key)
     }
 
-    /// Returns the block, a fetch to wait on, or the duty to fetch it.
-    pub fn claim(self: &Arc<Self>, key: &BlockKey) -> Claim {
+    /// Returns the block, a fetch to wait on, or the duty to fetch it (reserving `len` bytes).
+    /// A `prefetch` claim is refused (`Busy`) when half the budget is already in flight.
+    pub fn claim(self: &Arc<Self>, key: &BlockKey, len: usize, prefetch: bool) -> Claim {
         let mut inner = self.lock();
         if let Some(b) = inner.lru.get(key) {
-            self.stats.hits.fetch_add(1, Ordering::Relaxed);
+            if !prefetch {
+                self.stats.hits.fetch_add(1, Ordering::Relaxed);
+            }
             return Claim::Ready(b.clone());
         }
         if let Some(rx) = inner.inflight.get(key) {
-            self.stats.waits.fetch_add(1, Ordering::Relaxed);
+            if !prefetch {
+                self.stats.waits.fetch_add(1, Ordering::Relaxed);
+            }
             return Claim::Wait(rx.clone());
         }
-        self.stats.misses.fetch_add(1, Ordering::Relaxed);
+        if prefetch && inner.reserved + len > self.capacity / 2 {
+            self.stats.prefetch_refused.fetch_add(1, Ordering::Relaxed);
+            return Claim::Busy;
+        }
+        if !prefetch {
+            self.stats.misses.fetch_add(1, Ordering::Relaxed);
+        }
+        inner.reserved += len;
+        self.evict_to_fit(&mut inner);
         let (tx, rx) = watch::channel(BlockState::Pending);
         inner.inflight.insert(key.clone(), rx);
         Claim::Fetch(FetchSlot {
             cache: self.clone(),
             key: key.clone(),
+            reserved: len,
             tx: Some(tx),
         })
     }
 
-    fn finish(&self, key: &BlockKey, state: BlockState) -> BlockState {
+    fn evict_to_fit(&self, inner: &mut Inner) {
+        while inner.bytes + inner.reserved > self.capacity {
+            match inner.lru.pop_lru() {
+                Some((_, old)) => {
+                    inner.bytes -= old.len();
+                    self.stats.evictions.fetch_add(1, Ordering::Relaxed);
+                }
+                None => break,
+            }
+        }
+    }
+
+    fn finish(&self, key: &BlockKey, reserved: usize, state: BlockState) -> BlockState {
         let mut inner = self.lock();
         inner.inflight.remove(key);
+        inner.reserved -= reserved;
         if let BlockState::Ready(b) = &state
             && b.len() <= self.capacity
         {
@@ -119,15 +163,7 @@ impl BlockCache {
             if let Some(old) = inner.lru.put(key.clone(), b.clone()) {
                 inner.bytes -= old.len();
             }
-            while inner.bytes > self.capacity {
-                match inner.lru.pop_lru() {
-                    Some((_, old)) => {
-                        inner.bytes -= old.len();
-                        self.stats.evictions.fetch_add(1, Ordering::Relaxed);
-                    }
-                    None => break,
-                }
-            }
+            self.evict_to_fit(&mut inner);
         }
         state
     }
@@ -155,6 +191,7 @@ impl BlockCache {
 pub struct FetchSlot {
     cache: Arc<BlockCache>,
     key: BlockKey,
+    reserved: usize,
     tx: Option<watch::Sender<BlockState>>,
 }
 
@@ -185,7 +222,7 @@ impl FetchSlot {
 
     fn send(&mut self, state: BlockState) {
         if let Some(tx) = self.tx.take() {
-            let state = self.cache.finish(&self.key, state);
+            let state = self.cache.finish(&self.key, self.reserved, state);
             // No receivers left is fine: the block is cached for later readers.
             let _ = tx.send(state);
         }
@@ -228,43 +265,57 @@ mod tests {
         }
     }
 
+    fn fetch(c: &Arc<BlockCache>, i: u64, len: usize, prefetch: bool) -> FetchSlot {
+        match c.claim(&key(i), len, prefetch) {
+            Claim::Fetch(s) => s,
+            _ => panic!("block {i} should need fetching"),
+        }
+    }
+
     #[tokio::test]
     async fn single_flight_and_byte_bound() {
         let c = BlockCache::new(10);
-        let slot = match c.claim(&key(0)) {
-            Claim::Fetch(s) => s,
-            _ => panic!("first claim must fetch"),
-        };
-        let rx = match c.claim(&key(0)) {
+        let slot = fetch(&c, 0, 6, false);
+        let rx = match c.claim(&key(0), 6, false) {
             Claim::Wait(rx) => rx,
             _ => panic!("second claim must wait"),
         };
         slot.complete(Ok(Bytes::from_static(b"123456")));
         assert_eq!(wait(rx).await.unwrap(), Bytes::from_static(b"123456"));
-        assert!(matches!(c.claim(&key(0)), Claim::Ready(_)));
-        // A second 6-byte block exceeds 10 bytes: the least recently used one goes.
-        if let Claim::Fetch(s) = c.claim(&key(1)) {
-            s.complete(Ok(Bytes::from_static(b"abcdef")));
-        }
-        assert_eq!(c.bytes(), 6);
+        assert!(matches!(c.claim(&key(0), 6, false), Claim::Ready(_)));
+        // Reserving 6 more bytes than fit evicts the least recently used block at claim time.
+        let s1 = fetch(&c, 1, 6, false);
+        assert_eq!((c.bytes(), c.reserved()), (0, 6));
+        s1.complete(Ok(Bytes::from_static(b"abcdef")));
+        assert_eq!((c.bytes(), c.reserved()), (6, 0));
         assert!(!c.contains(&key(0)));
         assert!(c.contains(&key(1)));
     }
 
     #[tokio::test]
-    async fn abandoned_fetch_fails_waiters() {
+    async fn prefetch_is_refused_beyond_half_the_budget() {
+        let c = BlockCache::new(100);
+        let a = fetch(&c, 0, 40, true);
+        assert!(matches!(c.claim(&key(1), 40, true), Claim::Busy));
+        // Demand reads are never refused.
+        let b = fetch(&c, 2, 40, false);
+        a.complete(Ok(Bytes::from(vec![0u8; 40])));
+        b.complete(Ok(Bytes::from(vec![0u8; 40])));
+        assert!(matches!(c.claim(&key(1), 40, true), Claim::Fetch(_)));
+    }
+
+    #[tokio::test]
+    async fn abandoned_fetch_fails_waiters_and_releases_its_reservation() {
         let c = BlockCache::new(10);
-        let slot = match c.claim(&key(0)) {
-            Claim::Fetch(s) => s,
-            _ => panic!(),
-        };
-        let rx = match c.claim(&key(0)) {
+        let slot = fetch(&c, 0, 4, false);
+        let rx = match c.claim(&key(0), 4, false) {
             Claim::Wait(rx) => rx,
             _ => panic!(),
         };
         drop(slot);
         assert!(wait(rx).await.is_err());
+        assert_eq!(c.reserved(), 0);
         // And the next reader fetches afresh.
-        assert!(matches!(c.claim(&key(0)), Claim::Fetch(_)));
+        assert!(matches!(c.claim(&key(0), 4, false), Claim::Fetch(_)));
     }
 }

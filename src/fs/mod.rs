@@ -30,6 +30,8 @@ pub struct FsConfig {
     pub dir_mode: u16,
     /// How long attributes and listings are trusted.
     pub metadata_ttl: Duration,
+    /// How long "no such file" answers are trusted (by us and the kernel).
+    pub negative_ttl: Duration,
     /// Cache block size (bytes).
     pub block_size: u64,
     /// Largest single ranged GET (bytes); sequential reads fetch parts of this size.
@@ -49,7 +51,8 @@ impl Default for FsConfig {
             file_mode: 0o444,
             dir_mode: 0o555,
             metadata_ttl: Duration::from_secs(60),
-            block_size: 1 << 20,
+            negative_ttl: Duration::from_secs(5),
+            block_size: 64 << 10,
             part_size: 8 << 20,
             max_prefetch: 64 << 20,
             read_attempts: 4,
@@ -144,6 +147,8 @@ pub struct Fs<S> {
     cfg: FsConfig,
     inodes: Mutex<InodeTable>,
     dirs: DirCache,
+    /// Names recently found missing, so repeated probes (PATH or import searches) are cheap.
+    negative: Mutex<HashMap<(Ino, Arc<str>), Instant>>,
     hidden: HiddenLog,
     files: Mutex<HashMap<u64, Arc<FileHandle>>>,
     dir_handles: Mutex<HashMap<u64, Arc<DirHandle>>>,
@@ -151,6 +156,8 @@ pub struct Fs<S> {
     cache: Arc<BlockCache>,
     mounted_at: SystemTime,
 }
+
+const NEGATIVE_MAX: usize = 100_000;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Critical sections here do not panic half-way; a poisoned lock still holds valid state.
@@ -162,6 +169,7 @@ impl<S: ObjectStore> Fs<S> {
         Arc::new(Fs {
             inodes: Mutex::new(InodeTable::new(&cfg.prefix)),
             dirs: DirCache::new(cfg.metadata_ttl),
+            negative: Mutex::new(HashMap::new()),
             hidden: HiddenLog::default(),
             files: Mutex::new(HashMap::new()),
             dir_handles: Mutex::new(HashMap::new()),
@@ -254,8 +262,32 @@ impl<S: ObjectStore> Fs<S> {
             let e = listing.find(name).ok_or(FsError::NotFound)?;
             return Ok(self.remember(parent, &dir, e));
         }
-        let entry = self.probe(&dir, name).await?;
-        Ok(self.remember(parent, &dir, &entry))
+        let neg_key = (parent, Arc::<str>::from(name));
+        if lock(&self.negative)
+            .get(&neg_key)
+            .is_some_and(|t| t.elapsed() < self.cfg.negative_ttl)
+        {
+            return Err(FsError::NotFound);
+        }
+        match self.probe(&dir, name).await {
+            Ok(entry) => Ok(self.remember(parent, &dir, &entry)),
+            Err(FsError::NotFound) => {
+                if !self.cfg.negative_ttl.is_zero() {
+                    let mut neg = lock(&self.negative);
+                    // Bounded: past the limit, old answers are dropped wholesale.
+                    if neg.len() >= NEGATIVE_MAX {
+                        let ttl = self.cfg.negative_ttl;
+                        neg.retain(|_, t| t.elapsed() < ttl);
+                        if neg.len() >= NEGATIVE_MAX {
+                            neg.clear();
+                        }
+                    }
+                    neg.insert(neg_key, Instant::now());
+                }
+                Err(FsError::NotFound)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Asks S3 whether `name` under `dir` is a directory (any key below `name/`) or a file.

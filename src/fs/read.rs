@@ -42,20 +42,25 @@ struct SeqState {
     next: u64,
     /// Blocks to keep fetched ahead of the reader.
     window: u64,
+    /// First block not yet claimed by prefetch (prefetch never claims a block twice).
+    frontier: u64,
 }
 
 impl SeqState {
-    /// Updates the state for a read of `[offset, end)` and returns the prefetch window
-    /// in blocks. Reads near the expected position count as sequential: the kernel's
-    /// readahead sends several reads at once, which can arrive slightly out of order.
-    fn on_read(&mut self, offset: u64, end: u64, slack: u64, max_window: u64) -> u64 {
+    /// Updates the state for a read of `[offset, end)` covering `blocks` blocks and returns
+    /// the prefetch window in blocks (0 for random access). Reads near the expected position
+    /// count as sequential: the kernel's readahead sends several reads at once, which can
+    /// arrive slightly out of order.
+    fn on_read(&mut self, offset: u64, end: u64, blocks: u64, slack: u64, max_window: u64) -> u64 {
         let near = offset.abs_diff(self.next) <= slack;
-        self.window = if near {
-            (self.window * 2).clamp(1, max_window.max(1))
+        if near {
+            self.window = (self.window * 2).max(blocks).clamp(1, max_window.max(1));
+            self.next = self.next.max(end);
         } else {
-            0
-        };
-        self.next = if near { self.next.max(end) } else { end };
+            self.window = 0;
+            self.frontier = 0;
+            self.next = end;
+        }
         self.window
     }
 }
@@ -85,45 +90,71 @@ pub async fn read<S: ObjectStore>(
     let first = offset / bs;
     let last = (end - 1) / bs;
     let last_block = (file_size - 1) / bs;
+    let block_len = |index: u64| (((index + 1) * bs).min(file_size) - index * bs) as usize;
+    let part_blocks = (cfg.part_size / bs).max(1);
 
-    // Prefetch may hold at most a quarter of the cache, so it cannot evict itself.
-    let max_window = (cfg.max_prefetch.min(cache.capacity() as u64 / 4) / bs).max(1);
-    let window = {
+    // Prefetch may hold at most half of the budget (the cache enforces it too).
+    let max_window = (cfg.max_prefetch.min(cache.capacity() as u64 / 2) / bs).max(1);
+    let (prefetch_from, prefetch_to) = {
         let mut seq = h.seq.lock().unwrap_or_else(|e| e.into_inner());
-        seq.on_read(offset, end, cfg.part_size.max(bs) * 2, max_window)
+        let window = seq.on_read(
+            offset,
+            end,
+            last - first + 1,
+            cfg.part_size.max(bs) * 2,
+            max_window,
+        );
+        let from = seq.frontier.max(last + 1);
+        let to = (last + window).min(last_block);
+        // Prefetch in whole parts (fewer, larger GETs), except for a file's tail.
+        if window > 0
+            && to >= from
+            && (to - from + 1 >= part_blocks.min(window) || to == last_block)
+        {
+            seq.frontier = to + 1;
+            (from, to)
+        } else {
+            (1, 0)
+        }
     };
-    let upto = (last + window).min(last_block);
-    let part_blocks = (cfg.part_size / bs).max(1) as usize;
 
+    // Demanded blocks first, in their own GET: the reader does not wait for prefetched data.
     let mut wanted = Vec::with_capacity((last - first + 1) as usize);
     let mut run: Vec<FetchSlot> = Vec::new();
-    for index in first..=upto {
-        let key = block_key(h, index);
-        let demanded = index <= last;
-        match cache.claim(&key) {
+    for index in first..=last {
+        match cache.claim(&block_key(h, index), block_len(index), false) {
             Claim::Ready(b) => {
-                if demanded {
-                    wanted.push(Ok(b));
-                }
+                wanted.push(Ok(b));
                 spawn_run(store, cfg, h, &mut run);
             }
             Claim::Wait(rx) => {
-                if demanded {
-                    wanted.push(Err(rx));
-                }
+                wanted.push(Err(rx));
                 spawn_run(store, cfg, h, &mut run);
             }
             Claim::Fetch(slot) => {
-                if demanded {
-                    wanted.push(Err(slot.subscribe()));
-                }
+                wanted.push(Err(slot.subscribe()));
                 run.push(slot);
-                // Demanded blocks go in their own GET, so the reader does not wait for
-                // prefetched data; prefetch goes in parts of `part_size`.
-                if index == last || run.len() >= part_blocks {
+            }
+            Claim::Busy => unreachable!("demand claims are never refused"),
+        }
+    }
+    spawn_run(store, cfg, h, &mut run);
+
+    for index in prefetch_from..=prefetch_to {
+        match cache.claim(&block_key(h, index), block_len(index), true) {
+            Claim::Fetch(slot) => {
+                run.push(slot);
+                if run.len() as u64 >= part_blocks {
                     spawn_run(store, cfg, h, &mut run);
                 }
             }
+            Claim::Busy => {
+                // Budget full: stop here and let a later read extend the prefetch.
+                let mut seq = h.seq.lock().unwrap_or_else(|e| e.into_inner());
+                seq.frontier = seq.frontier.min(index);
+                break;
+            }
+            Claim::Ready(_) | Claim::Wait(_) => spawn_run(store, cfg, h, &mut run),
         }
     }
     spawn_run(store, cfg, h, &mut run);
@@ -238,7 +269,9 @@ async fn fetch_once<S: ObjectStore>(
     let end = ((back.key().index + 1) * bs).min(size);
     let block_len = |index: u64| ((index + 1) * bs).min(size) - index * bs;
     let mut stream = store.get_range(&h.key, start..end, &h.stat.etag).await?;
-    let mut buf = BytesMut::with_capacity(block_len(front.key().index) as usize);
+    // One allocation for the whole GET; each block is split off it when complete, so the
+    // body is copied once and large parts are not carved into many small heap blocks.
+    let mut buf = BytesMut::with_capacity((end - start) as usize);
     loop {
         let chunk = match tokio::time::timeout(BODY_IDLE_TIMEOUT, stream.next()).await {
             Err(_) => return Err(StoreError::Transient("response body stalled".into())),
@@ -259,12 +292,9 @@ async fn fetch_once<S: ObjectStore>(
             buf.extend_from_slice(&chunk[..n]);
             chunk.advance(n);
             if buf.len() == want {
-                let done = buf.split().freeze();
+                let done = buf.split_to(want).freeze();
                 if let Some(slot) = slots.pop_front() {
                     slot.complete(Ok(done));
-                }
-                if let Some(next) = slots.front() {
-                    buf.reserve(block_len(next.key().index) as usize);
                 }
             }
         }
@@ -287,12 +317,17 @@ mod tests {
     fn sequential_detection_grows_and_resets() {
         let mut s = SeqState::default();
         let mb = 1 << 20;
-        assert_eq!(s.on_read(0, mb, 2 * mb, 8), 1);
-        assert_eq!(s.on_read(mb, 2 * mb, 2 * mb, 8), 2);
-        assert_eq!(s.on_read(2 * mb, 3 * mb, 2 * mb, 8), 4);
-        assert_eq!(s.on_read(3 * mb, 4 * mb, 2 * mb, 8), 8);
-        assert_eq!(s.on_read(4 * mb, 5 * mb, 2 * mb, 8), 8);
-        assert_eq!(s.on_read(500 * mb, 501 * mb, 2 * mb, 8), 0);
+        assert_eq!(s.on_read(0, mb, 1, 2 * mb, 8), 1);
+        assert_eq!(s.on_read(mb, 2 * mb, 1, 2 * mb, 8), 2);
+        assert_eq!(s.on_read(2 * mb, 3 * mb, 1, 2 * mb, 8), 4);
+        assert_eq!(s.on_read(3 * mb, 4 * mb, 1, 2 * mb, 8), 8);
+        assert_eq!(s.on_read(4 * mb, 5 * mb, 1, 2 * mb, 8), 8);
+        s.frontier = 20;
+        assert_eq!(s.on_read(500 * mb, 501 * mb, 1, 2 * mb, 8), 0);
+        assert_eq!(s.frontier, 0, "random access resets the prefetch frontier");
+        // A large first read starts with a window of its own size.
+        let mut t = SeqState::default();
+        assert_eq!(t.on_read(0, 4 * mb, 16, 2 * mb, 64), 16);
     }
 
     #[test]

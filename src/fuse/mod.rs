@@ -24,12 +24,19 @@ pub struct FuseAdapter<S> {
     fs: Arc<Fs<S>>,
     rt: tokio::runtime::Handle,
     ttl: Duration,
+    negative_ttl: Duration,
 }
 
 impl<S: ObjectStore> FuseAdapter<S> {
     pub fn new(fs: Arc<Fs<S>>, rt: tokio::runtime::Handle) -> Self {
         let ttl = fs.config().metadata_ttl;
-        FuseAdapter { fs, rt, ttl }
+        let negative_ttl = fs.config().negative_ttl;
+        FuseAdapter {
+            fs,
+            rt,
+            ttl,
+            negative_ttl,
+        }
     }
 }
 
@@ -97,10 +104,24 @@ impl<S: ObjectStore> fuser::Filesystem for FuseAdapter<S> {
             reply.error(Errno::ENOENT);
             return;
         };
-        let (fs, ttl) = (self.fs.clone(), self.ttl);
+        let (fs, ttl, neg_ttl) = (self.fs.clone(), self.ttl, self.negative_ttl);
         self.rt.spawn(async move {
             match fs.lookup(parent.0, &name).await {
                 Ok(a) => reply.entry(&ttl, &file_attr(&a), Generation(0)),
+                // Inode 0 is a negative entry: the kernel remembers the name is missing.
+                Err(FsError::NotFound) if !neg_ttl.is_zero() => {
+                    let mut none = file_attr(&Attr {
+                        ino: 0,
+                        kind: Kind::File,
+                        size: 0,
+                        mtime: std::time::UNIX_EPOCH,
+                        perm: 0,
+                        uid: 0,
+                        gid: 0,
+                    });
+                    none.ino = INodeNo(0);
+                    reply.entry(&neg_ttl, &none, Generation(0))
+                }
                 Err(e) => {
                     log_error("lookup", parent.0, &e);
                     reply.error(errno(&e))
