@@ -263,7 +263,8 @@ async fn attach(
 ) -> Result<Mounted, MountError> {
     let cache = BlockCache::new(cfg.cache_bytes as usize);
     let fs = Fs::new(store, cfg.fs.clone(), cache);
-    let adapter = FuseAdapter::new(fs, tokio::runtime::Handle::current());
+    let reply_fd = crate::fuse::ReplyFd::default();
+    let adapter = FuseAdapter::new(fs, tokio::runtime::Handle::current(), reply_fd.clone());
     let mut fcfg = fuser::Config::default();
     fcfg.mount_options = vec![
         MountOption::FSName(cfg.source.to_string()),
@@ -280,11 +281,22 @@ async fn attach(
         SessionACL::Owner
     };
     fcfg.n_threads = Some(cfg.fuse_threads.max(1));
-    fcfg.clone_fd = true;
+    // One shared /dev/fuse descriptor: direct read replies must go to the descriptor that
+    // read the request, and a duplicate of the shared one is that descriptor.
+    fcfg.clone_fd = false;
 
     let mp = mountpoint.clone();
     let session = tokio::task::spawn_blocking(move || {
-        fuser::Session::new(adapter, &mp, &fcfg).and_then(fuser::Session::spawn)
+        let session = fuser::Session::new(adapter, &mp, &fcfg)?;
+        match std::os::fd::AsFd::as_fd(&session).try_clone_to_owned() {
+            Ok(fd) => {
+                let _ = reply_fd.set(fd);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot duplicate /dev/fuse; reads are copied once more")
+            }
+        }
+        session.spawn()
     })
     .await
     .map_err(|e| MountError::Io(e.to_string()))?

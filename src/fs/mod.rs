@@ -511,8 +511,14 @@ impl<S: ObjectStore> Fs<S> {
             .ok_or(FsError::BadHandle)
     }
 
-    /// Reads up to `size` bytes at `offset` of the version pinned by handle `fh`.
-    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<bytes::Bytes, FsError> {
+    /// Reads up to `size` bytes at `offset` of the version pinned by handle `fh`, as slices
+    /// of cached blocks (in order; empty at end of file).
+    pub async fn read(
+        &self,
+        fh: u64,
+        offset: u64,
+        size: u32,
+    ) -> Result<Vec<bytes::Bytes>, FsError> {
         let h = self.file_handle(fh)?;
         match read::read(&self.store, &self.cache, &self.cfg, &h, offset, size).await {
             Err(FsError::Stale) => {

@@ -80,10 +80,10 @@ pub async fn read<S: ObjectStore>(
     h: &Arc<FileHandle>,
     offset: u64,
     size: u32,
-) -> Result<Bytes, FsError> {
+) -> Result<Vec<Bytes>, FsError> {
     let file_size = h.stat.size;
     if offset >= file_size || size == 0 {
-        return Ok(Bytes::new());
+        return Ok(Vec::new());
     }
     let end = (offset + u64::from(size)).min(file_size);
     let bs = cfg.block_size.max(4096);
@@ -166,17 +166,18 @@ pub async fn read<S: ObjectStore>(
             Err(rx) => cache::wait(rx).await.map_err(FsError::from)?,
         });
     }
-    assemble(&blocks, first, bs, offset, end)
+    slices(&blocks, first, bs, offset, end)
 }
 
-/// Cuts `[offset, end)` out of consecutive blocks starting at block `first`.
-fn assemble(
+/// Cuts `[offset, end)` out of consecutive blocks starting at block `first`, as slices of
+/// the cached blocks (no copy: the FUSE reply is written with one vectored write).
+fn slices(
     blocks: &[Bytes],
     first: u64,
     bs: u64,
     offset: u64,
     end: u64,
-) -> Result<Bytes, FsError> {
+) -> Result<Vec<Bytes>, FsError> {
     let mut parts = Vec::with_capacity(blocks.len());
     for (i, b) in blocks.iter().enumerate() {
         let base = (first + i as u64) * bs;
@@ -191,14 +192,22 @@ fn assemble(
         }
         parts.push(b.slice(from..to));
     }
-    if parts.len() == 1 {
-        return Ok(parts.pop().unwrap_or_default());
+    Ok(parts)
+}
+
+/// The slices of a read as one buffer (one copy), for callers that need contiguous bytes.
+pub fn concat(parts: &[Bytes]) -> Bytes {
+    match parts {
+        [] => Bytes::new(),
+        [one] => one.clone(),
+        many => {
+            let mut out = BytesMut::with_capacity(many.iter().map(Bytes::len).sum());
+            for p in many {
+                out.extend_from_slice(p);
+            }
+            out.freeze()
+        }
     }
-    let mut out = BytesMut::with_capacity((end - offset) as usize);
-    for p in parts {
-        out.extend_from_slice(&p);
-    }
-    Ok(out.freeze())
 }
 
 fn spawn_run<S: ObjectStore>(
@@ -331,10 +340,16 @@ mod tests {
     }
 
     #[test]
-    fn assemble_cuts_across_blocks() {
+    fn slices_cut_across_blocks() {
         let blocks = [Bytes::from_static(b"abcd"), Bytes::from_static(b"efgh")];
-        assert_eq!(&assemble(&blocks, 2, 4, 9, 15).unwrap()[..], b"bcdefg");
-        assert_eq!(&assemble(&blocks[..1], 2, 4, 9, 11).unwrap()[..], b"bc");
-        assert!(assemble(&[Bytes::from_static(b"ab")], 0, 4, 0, 4).is_err());
+        assert_eq!(
+            &concat(&slices(&blocks, 2, 4, 9, 15).unwrap())[..],
+            b"bcdefg"
+        );
+        assert_eq!(
+            &concat(&slices(&blocks[..1], 2, 4, 9, 11).unwrap())[..],
+            b"bc"
+        );
+        assert!(slices(&[Bytes::from_static(b"ab")], 0, 4, 0, 4).is_err());
     }
 }

@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::inodes::{Kind, ROOT};
+use super::read::concat;
 use super::{Fs, FsConfig, FsError};
 use crate::cache::BlockCache;
 use crate::store::memory::MemoryStore;
@@ -164,7 +165,7 @@ async fn reads_return_exact_bytes_at_any_offset() {
     let mut got = Vec::new();
     let mut off = 0u64;
     loop {
-        let b = fs.read(fh, off, 8192).await.unwrap();
+        let b = concat(&fs.read(fh, off, 8192).await.unwrap());
         if b.is_empty() {
             break;
         }
@@ -180,14 +181,14 @@ async fn reads_return_exact_bytes_at_any_offset() {
         (100_003, 10),
         (50_000, 0),
     ] {
-        let b = fs.read(fh, o, n).await.unwrap();
+        let b = concat(&fs.read(fh, o, n).await.unwrap());
         let end = (o as usize + n as usize).min(data.len());
         let start = (o as usize).min(end);
         assert_eq!(&b[..], &data[start..end], "read at {o} len {n}");
     }
     let e = fs.lookup(ROOT, "empty").await.unwrap();
     let (efh, _) = fs.open(e.ino, false).await.unwrap();
-    assert!(fs.read(efh, 0, 4096).await.unwrap().is_empty());
+    assert!(concat(&fs.read(efh, 0, 4096).await.unwrap()).is_empty());
     assert!(matches!(
         fs.open(blob.ino, true).await,
         Err(FsError::ReadOnly)
@@ -209,7 +210,7 @@ async fn blocks_are_cached_and_shared_by_concurrent_readers() {
             let (fh, _) = fs.open(f.ino, false).await.unwrap();
             for i in 0..64u64 {
                 let o = ((i + r * 8) % 64) * 4096;
-                let b = fs.read(fh, o, 4096).await.unwrap();
+                let b = concat(&fs.read(fh, o, 4096).await.unwrap());
                 assert_eq!(&b[..], &data[o as usize..o as usize + 4096]);
             }
             fs.release(fh);
@@ -236,7 +237,7 @@ async fn a_changed_object_fails_reads_on_the_old_handle_and_reopens_fresh() {
     let fs = fs_with(s.clone(), cfg);
     let f = fs.lookup(ROOT, "f").await.unwrap();
     let (fh, _) = fs.open(f.ino, false).await.unwrap();
-    assert_eq!(fs.read(fh, 0, 10).await.unwrap().len(), 10);
+    assert_eq!(concat(&fs.read(fh, 0, 10).await.unwrap()).len(), 10);
     let new = pattern(30_000, 2);
     s.put("f", new.clone());
     // Block 0 is cached for the old version; block 3 is not and must not mix versions.
@@ -247,7 +248,7 @@ async fn a_changed_object_fails_reads_on_the_old_handle_and_reopens_fresh() {
     let (fh2, keep) = fs.open(f.ino, false).await.unwrap();
     assert!(!keep, "a new version must not keep the kernel's page cache");
     assert_eq!(
-        &fs.read(fh2, 12_000, 100).await.unwrap()[..],
+        &concat(&fs.read(fh2, 12_000, 100).await.unwrap())[..],
         &new[12_000..12_100]
     );
     assert_eq!(fs.getattr(f.ino).await.unwrap().size, 30_000);

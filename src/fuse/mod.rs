@@ -2,9 +2,12 @@
 //! tasks, so no FUSE thread ever blocks on S3.
 
 use std::ffi::OsStr;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+
+use bytes::Bytes;
 
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags,
@@ -25,10 +28,50 @@ pub struct FuseAdapter<S> {
     rt: tokio::runtime::Handle,
     ttl: Duration,
     negative_ttl: Duration,
+    reply_fd: ReplyFd,
+}
+
+/// A duplicate of the session's /dev/fuse descriptor, set once the session exists, used to
+/// answer reads with one vectored write of the cached blocks. fuser's `ReplyData` would copy
+/// every read into a new Vec first.
+pub type ReplyFd = Arc<OnceLock<OwnedFd>>;
+
+/// Writes a successful read reply (`fuse_out_header` + data) straight to /dev/fuse.
+fn write_read_reply(fd: &OwnedFd, unique: u64, parts: &[Bytes]) -> std::io::Result<()> {
+    let len = 16 + parts.iter().map(Bytes::len).sum::<usize>();
+    let mut header = [0u8; 16];
+    header[0..4].copy_from_slice(&(len as u32).to_ne_bytes());
+    // error = 0 (bytes 4..8)
+    header[8..16].copy_from_slice(&unique.to_ne_bytes());
+    let mut iov = Vec::with_capacity(parts.len() + 1);
+    iov.push(libc::iovec {
+        iov_base: header.as_ptr() as *mut libc::c_void,
+        iov_len: header.len(),
+    });
+    for p in parts.iter().filter(|p| !p.is_empty()) {
+        iov.push(libc::iovec {
+            iov_base: p.as_ptr() as *mut libc::c_void,
+            iov_len: p.len(),
+        });
+    }
+    // SAFETY: every iovec points into a buffer (header, parts) that outlives the call; the
+    // kernel only reads from them. /dev/fuse takes a whole reply in one write.
+    let n = unsafe { libc::writev(fd.as_raw_fd(), iov.as_ptr(), iov.len() as libc::c_int) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if n as usize != len {
+        return Err(std::io::Error::other(format!(
+            "short write to /dev/fuse: {n} of {len}"
+        )));
+    }
+    Ok(())
 }
 
 impl<S: ObjectStore> FuseAdapter<S> {
-    pub fn new(fs: Arc<Fs<S>>, rt: tokio::runtime::Handle) -> Self {
+    /// `reply_fd` may be filled in after the session is created; until then replies go
+    /// through fuser.
+    pub fn new(fs: Arc<Fs<S>>, rt: tokio::runtime::Handle, reply_fd: ReplyFd) -> Self {
         let ttl = fs.config().metadata_ttl;
         let negative_ttl = fs.config().negative_ttl;
         FuseAdapter {
@@ -36,6 +79,7 @@ impl<S: ObjectStore> FuseAdapter<S> {
             rt,
             ttl,
             negative_ttl,
+            reply_fd,
         }
     }
 }
@@ -258,7 +302,7 @@ impl<S: ObjectStore> fuser::Filesystem for FuseAdapter<S> {
 
     fn read(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -268,9 +312,24 @@ impl<S: ObjectStore> fuser::Filesystem for FuseAdapter<S> {
         reply: ReplyData,
     ) {
         let fs = self.fs.clone();
+        let unique = req.unique().0;
+        let reply_fd = self.reply_fd.clone();
         self.rt.spawn(async move {
             match fs.read(fh.0, offset, size).await {
-                Ok(data) => reply.data(&data),
+                Ok(parts) => match reply_fd.get() {
+                    Some(fd) => match write_read_reply(fd, unique, &parts) {
+                        // Answered: fuser's reply must not answer again (it would send EIO
+                        // on drop). Forgetting it leaks no memory, only a reference count.
+                        Ok(()) => std::mem::forget(reply),
+                        // ENOENT: the request was interrupted; the kernel no longer waits.
+                        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => std::mem::forget(reply),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "direct reply failed; replying through fuser");
+                            reply.data(&crate::fs::read::concat(&parts))
+                        }
+                    },
+                    None => reply.data(&crate::fs::read::concat(&parts)),
+                },
                 Err(e) => {
                     log_error("read", ino.0, &e);
                     reply.error(errno(&e))
