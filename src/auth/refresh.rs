@@ -293,8 +293,9 @@ async fn background(weak: Weak<Inner>) {
                 _ = tokio::time::sleep(wait) => true,
                 _ = inner.wake.notified() => false,
             };
-            // Woken early by a request while well outside the margin: nothing to do.
-            if !woken_by_timer && inner.valid_for() > inner.margin + inner.margin / 5 {
+            // A nudge from a request that saw credentials inside the margin, but a renewal
+            // since then (a stored wake-up): nothing to do.
+            if !woken_by_timer && inner.valid_for() > inner.margin {
                 continue;
             }
         }
