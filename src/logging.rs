@@ -63,8 +63,12 @@ pub fn filter(level: &str) -> Result<EnvFilter, LogLevelError> {
 }
 
 pub fn init(level: &str, format: LogFormat) -> Result<(), LogLevelError> {
+    use std::io::IsTerminal;
+    // Colours only for a terminal: log collectors would get escape codes.
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter(level)?)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     // A second init (tests) keeps the first subscriber.
     let _ = match format {

@@ -71,6 +71,17 @@ impl Refresher {
         exchanger: Exchanger,
         margin: Duration,
     ) -> Result<Self, AuthError> {
+        // Credentials count as expired EXPIRY_SAFETY early: renewing any later than that
+        // would make requests wait for renewals.
+        let min_margin = EXPIRY_SAFETY + Duration::from_secs(10);
+        if margin < min_margin {
+            tracing::info!(
+                requested_s = margin.as_secs(),
+                using_s = min_margin.as_secs(),
+                "refresh margin raised"
+            );
+        }
+        let margin = margin.max(min_margin);
         let inner = Arc::new(Inner {
             source,
             exchanger,
@@ -191,13 +202,18 @@ impl Inner {
     /// and one more exchange.
     async fn renew(&self, reason: &str) -> Result<Arc<Session>, AuthError> {
         let _one = self.renewing.lock().await;
-        // Someone else may have renewed while we waited for the lock.
-        if reason == "expired"
-            && let Some(s) = self.current()
+        // Someone else may have renewed while we waited for the lock (or since the timer
+        // was set): nothing to do while the current credentials are good enough.
+        let good_for = match reason {
+            "expired" => EXPIRY_SAFETY,
+            "scheduled" => self.margin,
+            _ => Duration::MAX,
+        };
+        if let Some(s) = self.current()
             && s.expiry
                 .duration_since(SystemTime::now())
                 .unwrap_or_default()
-                > EXPIRY_SAFETY
+                > good_for
         {
             return Ok(s);
         }

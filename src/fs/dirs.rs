@@ -39,8 +39,10 @@ pub async fn list_dir<S: ObjectStore>(
     let fetched = Instant::now();
     let mut map: BTreeMap<Arc<str>, DirEntry> = BTreeMap::new();
     let mut next = None;
+    let mut pages = 0u32;
     loop {
         let page = store.list_page(dir_key, true, next, None).await?;
+        pages += 1;
         for cp in &page.prefixes {
             let Some(name) = names::entry_name(dir_key, cp, true) else {
                 continue;
@@ -97,6 +99,13 @@ pub async fn list_dir<S: ObjectStore>(
         }
     }
     let entries: Vec<DirEntry> = map.into_values().collect();
+    tracing::debug!(
+        dir = dir_key,
+        pages,
+        entries = entries.len(),
+        ms = fetched.elapsed().as_millis() as u64,
+        "listed"
+    );
     let index = entries
         .iter()
         .enumerate()

@@ -478,6 +478,8 @@ impl<S: ObjectStore> fuser::Filesystem for FuseAdapter<S> {
         reply.statfs(1 << 40, 0, 0, 1 << 30, 0, bsize, 255, bsize);
     }
 
+    // ENOSYS makes the kernel stop asking (it answers EOPNOTSUPP itself from then on):
+    // `ls -l` would otherwise cost two round trips per file for ACL/SELinux attributes.
     fn getxattr(
         &self,
         _req: &Request,
@@ -486,15 +488,11 @@ impl<S: ObjectStore> fuser::Filesystem for FuseAdapter<S> {
         _size: u32,
         reply: ReplyXattr,
     ) {
-        reply.error(Errno::from_i32(libc::ENODATA));
+        reply.error(Errno::ENOSYS);
     }
 
-    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
-        if size == 0 {
-            reply.size(0);
-        } else {
-            reply.data(&[]);
-        }
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: ReplyXattr) {
+        reply.error(Errno::ENOSYS);
     }
 
     fn setxattr(
