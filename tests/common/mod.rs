@@ -5,6 +5,7 @@
 
 pub mod iam;
 pub mod idp;
+pub mod stsproxy;
 
 use std::io::Read;
 use std::os::unix::process::ExitStatusExt;
@@ -138,6 +139,22 @@ pub fn common_args() -> Vec<String> {
 
 /// Runs `s3-oidc-mount mount SOURCE MOUNTPOINT ARGS...` and waits until it is mounted.
 pub fn mount(source: &str, extra: &[&str]) -> Mount {
+    mount_with(source, extra, &Spawn::default())
+}
+
+/// How [`mount_with`] starts the daemon, beyond its arguments.
+#[derive(Clone, Debug, Default)]
+pub struct Spawn {
+    /// Variables removed from the daemon's environment (before `env` is applied).
+    pub env_remove: Vec<String>,
+    /// Variables set in the daemon's environment.
+    pub env: Vec<(String, String)>,
+    /// The daemon's working directory (default: the test's).
+    pub cwd: Option<PathBuf>,
+}
+
+/// [`mount`] with a changed environment and working directory.
+pub fn mount_with(source: &str, extra: &[&str], spawn: &Spawn) -> Mount {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("mnt");
     std::fs::create_dir(&path).expect("mkdir mnt");
@@ -146,9 +163,18 @@ pub fn mount(source: &str, extra: &[&str]) -> Mount {
     let mut args: Vec<String> = vec!["mount".into(), source.into(), path.display().to_string()];
     args.extend(common_args());
     args.extend(extra.iter().map(|s| s.to_string()));
-    let child = Command::new(BIN)
-        .args(&args)
-        .env("S3_OIDC_MOUNT_LOG_LEVEL", "info")
+    let mut cmd = Command::new(BIN);
+    cmd.args(&args).env("S3_OIDC_MOUNT_LOG_LEVEL", "info");
+    for k in &spawn.env_remove {
+        cmd.env_remove(k);
+    }
+    for (k, v) in &spawn.env {
+        cmd.env(k, v);
+    }
+    if let Some(cwd) = &spawn.cwd {
+        cmd.current_dir(cwd);
+    }
+    let child = cmd
         .stdout(Stdio::null())
         .stderr(logf)
         .spawn()
