@@ -15,7 +15,7 @@ use crate::cli::Source;
 use crate::fs::{Fs, FsConfig};
 use crate::fuse::FuseAdapter;
 use crate::store::s3::{S3Options, S3Store};
-use crate::store::{ObjectStore, StoreError};
+use crate::store::{ListFrom, ObjectStore, StoreError};
 
 /// Everything a mount needs, validated.
 #[derive(Clone, Debug)]
@@ -128,7 +128,10 @@ pub async fn preflight<S: ObjectStore>(store: &S, cfg: &MountConfig) -> Result<(
         .clone()
         .unwrap_or_else(|| format!("AWS S3 in {}", cfg.s3.region));
     let one_line = |s: String| s.replace('\n', " ");
-    match store.list_page(&src.prefix, true, None, Some(1)).await {
+    match store
+        .list_page(&src.prefix, true, ListFrom::Start, Some(1))
+        .await
+    {
         Ok(page) => {
             if page.objects.is_empty() && page.prefixes.is_empty() {
                 tracing::warn!(source = %src, "nothing under this prefix yet; the mount starts empty");

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use super::inodes::{Ino, Kind, ObjStat};
 use super::names::{self, Hidden};
-use crate::store::{ObjectStore, StoreError};
+use futures::StreamExt;
+
+use crate::store::{ListFrom, ListPage, ObjectStore, StoreError};
 
 #[derive(Clone, Debug)]
 pub struct DirEntry {
@@ -30,7 +32,16 @@ impl Listing {
     }
 }
 
+/// At most this many ranges of a large directory are listed at once.
+const LIST_PARALLELISM: usize = 8;
+
 /// Lists everything directly under `dir_key`, all pages.
+///
+/// A directory of more than one page is listed in parallel ranges: from the first page's
+/// last name, split points are guessed (the same name with the next characters at the
+/// position where names vary, e.g. `f01`, `f02`, ... after `f00999`), and each range
+/// `(split_i, split_i+1]` is listed on its own. The ranges cover every key whatever the
+/// guess; a bad guess only costs a few empty LISTs, entries seen twice are merged.
 pub async fn list_dir<S: ObjectStore>(
     store: &S,
     dir_key: &str,
@@ -38,64 +49,33 @@ pub async fn list_dir<S: ObjectStore>(
 ) -> Result<Listing, StoreError> {
     let fetched = Instant::now();
     let mut map: BTreeMap<Arc<str>, DirEntry> = BTreeMap::new();
-    let mut next = None;
-    let mut pages = 0u32;
-    loop {
-        let page = store.list_page(dir_key, true, next, None).await?;
-        pages += 1;
-        for cp in &page.prefixes {
-            let Some(name) = names::entry_name(dir_key, cp, true) else {
-                continue;
-            };
-            if let Err(why) = names::check_name(name) {
-                warn.hidden(cp, why);
-                continue;
-            }
-            let name: Arc<str> = name.into();
-            if let Some(old) = map.get(&name)
-                && old.kind == Kind::File
-            {
-                warn.hidden(&format!("{dir_key}{name}"), Hidden::ShadowedByDirectory);
-            }
-            map.insert(
-                name.clone(),
-                DirEntry {
-                    name,
-                    kind: Kind::Dir,
-                    stat: None,
-                },
-            );
+    let first = store
+        .list_page(dir_key, true, ListFrom::Start, None)
+        .await?;
+    let mut pages = 1usize;
+    let plan = first
+        .next
+        .clone()
+        .map(|token| (token, split_points(dir_key, &first)));
+    add_page(&mut map, dir_key, &first, warn);
+    if let Some((token, splits)) = plan {
+        // Range 0 continues with the token up to the first split; range i lists
+        // (split_i-1, split_i]; the last one runs to the end.
+        let mut ranges: Vec<(ListFrom, Option<String>)> = Vec::with_capacity(splits.len() + 1);
+        ranges.push((ListFrom::Token(token), splits.first().cloned()));
+        for (i, sp) in splits.iter().enumerate() {
+            ranges.push((ListFrom::After(sp.clone()), splits.get(i + 1).cloned()));
         }
-        for obj in &page.objects {
-            let Some(name) = names::entry_name(dir_key, &obj.key, false) else {
-                continue; // the directory's own marker object
-            };
-            if let Err(why) = names::check_name(name) {
-                warn.hidden(&obj.key, why);
-                continue;
+        let results: Vec<Result<Vec<ListPage>, StoreError>> = futures::stream::iter(ranges)
+            .map(|(from, until)| list_range(store, dir_key, from, until))
+            .buffered(LIST_PARALLELISM)
+            .collect()
+            .await;
+        for r in results {
+            for page in r? {
+                pages += 1;
+                add_page(&mut map, dir_key, &page, warn);
             }
-            if map.get(name).is_some_and(|e| e.kind == Kind::Dir) {
-                warn.hidden(&obj.key, Hidden::ShadowedByDirectory);
-                continue;
-            }
-            let name: Arc<str> = name.into();
-            map.insert(
-                name.clone(),
-                DirEntry {
-                    name,
-                    kind: Kind::File,
-                    stat: Some(ObjStat {
-                        size: obj.size,
-                        mtime: obj.last_modified,
-                        etag: obj.etag.as_str().into(),
-                    }),
-                },
-            );
-        }
-        // An empty last page without a token is normal (RGW sends one); a token means more.
-        match page.next {
-            Some(t) => next = Some(t),
-            None => break,
         }
     }
     let entries: Vec<DirEntry> = map.into_values().collect();
@@ -116,6 +96,169 @@ pub async fn list_dir<S: ObjectStore>(
         index,
         fetched,
     })
+}
+
+/// Pages from `from` until an item beyond `until` (dropped) or the end of the listing.
+async fn list_range<S: ObjectStore>(
+    store: &S,
+    dir_key: &str,
+    mut from: ListFrom,
+    until: Option<String>,
+) -> Result<Vec<ListPage>, StoreError> {
+    let mut out = Vec::new();
+    loop {
+        let mut page = store.list_page(dir_key, true, from, None).await?;
+        let mut past_end = false;
+        if let Some(u) = &until {
+            let before = page.objects.len() + page.prefixes.len();
+            page.objects.retain(|o| o.key.as_str() <= u.as_str());
+            page.prefixes.retain(|p| p.as_str() <= u.as_str());
+            past_end = page.objects.len() + page.prefixes.len() < before;
+        }
+        let next = page.next.take();
+        out.push(page);
+        // An empty last page without a token is normal (RGW sends one); a token means more.
+        match next {
+            Some(t) if !past_end => from = ListFrom::Token(t),
+            _ => return Ok(out),
+        }
+    }
+}
+
+fn first_item(p: &ListPage) -> Option<&str> {
+    let o = p.objects.first().map(|o| o.key.as_str());
+    let c = p.prefixes.first().map(String::as_str);
+    match (o, c) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+fn last_item(p: &ListPage) -> Option<&str> {
+    let o = p.objects.last().map(|o| o.key.as_str());
+    let c = p.prefixes.last().map(String::as_str);
+    match (o, c) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Split points after the first page for the rest of a listing, guessed from its names:
+/// names vary at the position where the page's first and last names differ (or one before,
+/// when they differ only at the end: names counting up, `f00999` then `f01000`), and at
+/// every position before it; the rest continues with the following characters of the
+/// classes (digits, lower, upper case) seen on the page. Split points are increasing and
+/// all after the page's last name.
+pub fn split_points(dir_key: &str, page: &ListPage) -> Vec<String> {
+    const MAX_SPLITS: usize = 48;
+    let (Some(first), Some(last)) = (first_item(page), last_item(page)) else {
+        return Vec::new();
+    };
+    let (Some(a), Some(b)) = (first.strip_prefix(dir_key), last.strip_prefix(dir_key)) else {
+        return Vec::new();
+    };
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    let common = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+    let pos = if common > 0 && b.len() - common <= 3 {
+        common - 1
+    } else {
+        common
+    };
+    // Character classes seen on the page from that position on.
+    let names = page
+        .objects
+        .iter()
+        .map(|o| o.key.as_str())
+        .chain(page.prefixes.iter().map(String::as_str));
+    let (mut digit, mut lower, mut upper) = (false, false, false);
+    for n in names {
+        for c in n.get(dir_key.len()..).unwrap_or("").chars().skip(pos) {
+            digit |= c.is_ascii_digit();
+            lower |= c.is_ascii_lowercase();
+            upper |= c.is_ascii_uppercase();
+        }
+    }
+    let mut class: Vec<char> = Vec::new();
+    if digit {
+        class.extend('0'..='9');
+    }
+    if upper {
+        class.extend('A'..='Z');
+    }
+    if lower {
+        class.extend('a'..='z');
+    }
+    let mut out: Vec<String> = Vec::new();
+    for level in (0..=pos.min(b.len().saturating_sub(1))).rev() {
+        let head: String = b[..level].iter().collect();
+        for &x in class.iter().filter(|&&x| x > b[level]) {
+            out.push(format!("{dir_key}{head}{x}"));
+        }
+        if out.len() >= MAX_SPLITS {
+            break;
+        }
+    }
+    out.retain(|s| s.as_str() > last);
+    out.truncate(MAX_SPLITS);
+    out
+}
+
+fn add_page(
+    map: &mut BTreeMap<Arc<str>, DirEntry>,
+    dir_key: &str,
+    page: &ListPage,
+    warn: &HiddenLog,
+) {
+    for cp in &page.prefixes {
+        let Some(name) = names::entry_name(dir_key, cp, true) else {
+            continue;
+        };
+        if let Err(why) = names::check_name(name) {
+            warn.hidden(cp, why);
+            continue;
+        }
+        let name: Arc<str> = name.into();
+        if let Some(old) = map.get(&name)
+            && old.kind == Kind::File
+        {
+            warn.hidden(&format!("{dir_key}{name}"), Hidden::ShadowedByDirectory);
+        }
+        map.insert(
+            name.clone(),
+            DirEntry {
+                name,
+                kind: Kind::Dir,
+                stat: None,
+            },
+        );
+    }
+    for obj in &page.objects {
+        let Some(name) = names::entry_name(dir_key, &obj.key, false) else {
+            continue; // the directory's own marker object
+        };
+        if let Err(why) = names::check_name(name) {
+            warn.hidden(&obj.key, why);
+            continue;
+        }
+        if map.get(name).is_some_and(|e| e.kind == Kind::Dir) {
+            warn.hidden(&obj.key, Hidden::ShadowedByDirectory);
+            continue;
+        }
+        let name: Arc<str> = name.into();
+        map.insert(
+            name.clone(),
+            DirEntry {
+                name,
+                kind: Kind::File,
+                stat: Some(ObjStat {
+                    size: obj.size,
+                    mtime: obj.last_modified,
+                    etag: obj.etag.as_str().into(),
+                }),
+            },
+        );
+    }
 }
 
 /// Cached listings by directory inode.
@@ -178,5 +321,78 @@ impl HiddenLog {
         if seen.insert(key.to_string()) {
             tracing::warn!(key, reason = %why, "key hidden: it cannot be shown as a file or directory");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::memory::MemoryStore;
+
+    fn page(keys: &[&str]) -> ListPage {
+        ListPage {
+            objects: keys
+                .iter()
+                .map(|k| crate::store::ObjectMeta {
+                    key: k.to_string(),
+                    size: 1,
+                    last_modified: std::time::UNIX_EPOCH,
+                    etag: String::new(),
+                })
+                .collect(),
+            prefixes: Vec::new(),
+            next: Some("t".into()),
+        }
+    }
+
+    #[test]
+    fn split_points_follow_the_names() {
+        let s = split_points("d/", &page(&["d/f00000", "d/f00500", "d/f00999"]));
+        assert_eq!(&s[..3], ["d/f01", "d/f02", "d/f03"]);
+        assert!(s.contains(&"d/f09".to_string()) && s.contains(&"d/f1".to_string()));
+        assert!(!s.iter().any(|x| x.ends_with('a')), "digits only: {s:?}");
+        assert!(s.windows(2).all(|w| w[0] < w[1]));
+        let hex = split_points("", &page(&["0003ab", "01ffee", "03f1c9"]));
+        assert_eq!(hex.first().map(String::as_str), Some("04"));
+        assert!(hex.contains(&"f".to_string()), "{hex:?}");
+        assert!(hex.windows(2).all(|w| w[0] < w[1]));
+        assert!(split_points("", &page(&["~x", "~y"])).is_empty());
+    }
+
+    async fn names_of(store: &MemoryStore, dir: &str) -> Vec<String> {
+        let l = list_dir(store, dir, &HiddenLog::default()).await.unwrap();
+        l.entries.iter().map(|e| e.name.to_string()).collect()
+    }
+
+    #[tokio::test]
+    async fn parallel_ranges_list_everything_exactly_once() {
+        // Counting names, hex names, names the guess gets wrong, and subdirectories.
+        let s = MemoryStore::with_page_size(100);
+        let mut want = Vec::new();
+        for i in 0..1234 {
+            s.put(&format!("d/f{i:05}"), "x");
+            want.push(format!("f{i:05}"));
+        }
+        for i in 0..300u32 {
+            let h = format!("{:08x}", i.wrapping_mul(2_654_435_761));
+            s.put(&format!("d/{h}"), "x");
+            want.push(h);
+        }
+        for n in [
+            "Zeta",
+            "_under",
+            "~tilde",
+            "ünï",
+            "f0/sub",
+            "f00500x/deep/er",
+        ] {
+            s.put(&format!("d/{n}"), "x");
+            want.push(n.split('/').next().unwrap_or(n).to_string());
+        }
+        want.sort();
+        want.dedup();
+        assert_eq!(names_of(&s, "d/").await, want);
+        let lists_parallel = s.lists.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(lists_parallel > 0);
     }
 }

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::cache::BlockCache;
-use crate::store::{ObjectStore, StoreError};
+use crate::store::{ListFrom, ObjectStore, StoreError};
 use dirs::{DirCache, DirEntry, HiddenLog, Listing};
 use inodes::{Ino, Inode, InodeTable, Kind, ObjStat, ROOT};
 use read::FileHandle;
@@ -297,7 +297,8 @@ impl<S: ObjectStore> Fs<S> {
         let dir_key = Self::child_key(dir, name, Kind::Dir);
         let (head, list) = tokio::join!(
             self.store.head(&file_key),
-            self.store.list_page(&dir_key, true, None, Some(1))
+            self.store
+                .list_page(&dir_key, true, ListFrom::Start, Some(1))
         );
         let list = list?;
         if !list.objects.is_empty() || !list.prefixes.is_empty() {

@@ -9,7 +9,7 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 
-use super::{ByteStream, ListPage, ObjectMeta, ObjectStore, StoreError};
+use super::{ByteStream, ListFrom, ListPage, ObjectMeta, ObjectStore, StoreError};
 
 #[derive(Default)]
 pub struct MemoryStore {
@@ -63,7 +63,7 @@ impl ObjectStore for MemoryStore {
         &self,
         prefix: &str,
         delimited: bool,
-        continuation: Option<String>,
+        from: ListFrom,
         max_keys: Option<i32>,
     ) -> Result<ListPage, StoreError> {
         self.lists.fetch_add(1, Ordering::Relaxed);
@@ -72,7 +72,11 @@ impl ObjectStore for MemoryStore {
         let mut page = ListPage::default();
         let mut count = 0;
         let mut last: Option<String> = None;
-        let start = continuation.unwrap_or_default();
+        // Our continuation tokens are the last key returned, so both forms mean "after".
+        let start = match from {
+            ListFrom::Start => String::new(),
+            ListFrom::Token(t) | ListFrom::After(t) => t,
+        };
         for (key, (_, meta)) in objects.range::<str, _>((
             std::ops::Bound::Included(prefix),
             std::ops::Bound::Unbounded,
@@ -157,7 +161,8 @@ mod tests {
     async fn list_all(s: &MemoryStore, prefix: &str) -> (Vec<String>, Vec<String>) {
         let (mut objs, mut cps, mut next) = (vec![], vec![], None);
         loop {
-            let p = s.list_page(prefix, true, next, None).await.unwrap();
+            let from = next.map_or(ListFrom::Start, ListFrom::Token);
+            let p = s.list_page(prefix, true, from, None).await.unwrap();
             objs.extend(p.objects.into_iter().map(|o| o.key));
             cps.extend(p.prefixes);
             next = p.next;

@@ -30,6 +30,16 @@ pub struct ListPage {
     pub next: Option<String>,
 }
 
+/// Where a listing page starts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ListFrom {
+    Start,
+    /// The continuation token of the previous page.
+    Token(String),
+    /// Keys strictly after this one (S3's StartAfter).
+    After(String),
+}
+
 /// A body of a ranged GET: chunks in order, ending after exactly the requested length
 /// (the reader checks that, a short or long body is an error).
 pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, StoreError>> + Send>>;
@@ -70,7 +80,7 @@ pub trait ObjectStore: Send + Sync + 'static {
         &self,
         prefix: &str,
         delimited: bool,
-        continuation: Option<String>,
+        from: ListFrom,
         max_keys: Option<i32>,
     ) -> impl Future<Output = Result<ListPage, StoreError>> + Send;
 

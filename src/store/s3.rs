@@ -12,7 +12,7 @@ use aws_sdk_s3::operation::RequestId;
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_types::error::display::DisplayErrorContext;
 
-use super::{ByteStream, ListPage, ObjectMeta, ObjectStore, StoreError};
+use super::{ByteStream, ListFrom, ListPage, ObjectMeta, ObjectStore, StoreError};
 
 /// How to reach the bucket.
 #[derive(Clone, Debug)]
@@ -128,7 +128,7 @@ impl ObjectStore for S3Store {
         &self,
         prefix: &str,
         delimited: bool,
-        continuation: Option<String>,
+        from: ListFrom,
         max_keys: Option<i32>,
     ) -> Result<ListPage, StoreError> {
         let mut req = self
@@ -136,8 +136,12 @@ impl ObjectStore for S3Store {
             .list_objects_v2()
             .bucket(&self.bucket)
             .prefix(prefix)
-            .set_continuation_token(continuation)
             .set_max_keys(max_keys);
+        req = match from {
+            ListFrom::Start => req,
+            ListFrom::Token(t) => req.continuation_token(t),
+            ListFrom::After(k) => req.start_after(k),
+        };
         if delimited {
             req = req.delimiter("/");
         }
