@@ -180,6 +180,11 @@ pub struct MountArgs {
     #[arg(long, env = "S3_OIDC_MOUNT_NEGATIVE_TTL", default_value = "5s", value_parser = parse_duration)]
     pub negative_ttl: Duration,
 
+    /// Subdirectories listed ahead, in the background, when a directory is first read, so
+    /// tree walks (find, du, ls -R) find each level already listed; 0 turns it off.
+    #[arg(long, env = "S3_OIDC_MOUNT_PREFETCH_LISTINGS", default_value_t = 256)]
+    pub prefetch_listings: usize,
+
     /// Memory budget of the block cache and prefetch, in bytes with binary units
     /// (e.g. 512MiB, 2G); default: a quarter of the cgroup memory limit (64 MiB..2 GiB),
     /// or 512 MiB without a limit.

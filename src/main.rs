@@ -148,6 +148,7 @@ fn mount_config(a: &MountArgs) -> anyhow::Result<MountConfig> {
         dir_mode: a.dir_mode,
         metadata_ttl: a.metadata_ttl,
         negative_ttl: a.negative_ttl,
+        prefetch_listings: a.prefetch_listings,
         part_size: a.part_size.max(a.block_size),
         block_size: a.block_size,
         ..FsConfig::default()

@@ -5,9 +5,10 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::inodes::{Ino, Kind, ObjStat};
+use super::inodes::{Kind, ObjStat};
 use super::names::{self, Hidden};
 use futures::StreamExt;
+use tokio::sync::watch;
 
 use crate::store::{ListFrom, ListPage, ObjectStore, StoreError};
 
@@ -24,6 +25,8 @@ pub struct Listing {
     pub entries: Vec<DirEntry>,
     index: HashMap<Arc<str>, usize>,
     pub fetched: Instant,
+    /// Set once the subdirectories of this listing have been listed ahead.
+    pub children_prefetched: std::sync::atomic::AtomicBool,
 }
 
 impl Listing {
@@ -95,6 +98,7 @@ pub async fn list_dir<S: ObjectStore>(
         entries,
         index,
         fetched,
+        children_prefetched: Default::default(),
     })
 }
 
@@ -261,10 +265,30 @@ fn add_page(
     }
 }
 
-/// Cached listings by directory inode.
+type Shared = Option<Result<Arc<Listing>, StoreError>>;
+
+/// Cached listings by directory key, each listed by one request chain at a time: callers
+/// that ask while a listing is under way share its result.
 pub struct DirCache {
     ttl: Duration,
-    map: Mutex<HashMap<Ino, Arc<Listing>>>,
+    map: Mutex<HashMap<Arc<str>, Arc<Listing>>>,
+    inflight: Mutex<HashMap<Arc<str>, watch::Receiver<Shared>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Removes the in-flight entry however the listing ends (even if its task is dropped).
+struct InflightGuard<'a> {
+    cache: &'a DirCache,
+    key: Arc<str>,
+}
+
+impl Drop for InflightGuard<'_> {
+    fn drop(&mut self) {
+        lock(&self.cache.inflight).remove(&self.key);
+    }
 }
 
 impl DirCache {
@@ -272,33 +296,75 @@ impl DirCache {
         DirCache {
             ttl,
             map: Mutex::new(HashMap::new()),
+            inflight: Mutex::new(HashMap::new()),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Ino, Arc<Listing>>> {
-        self.map.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The listing of `dir` if it is younger than the TTL.
-    pub fn fresh(&self, dir: Ino) -> Option<Arc<Listing>> {
-        let map = self.lock();
-        map.get(&dir)
+    /// The listing of directory `key` if it is younger than the TTL.
+    pub fn fresh(&self, key: &str) -> Option<Arc<Listing>> {
+        lock(&self.map)
+            .get(key)
             .filter(|l| l.fetched.elapsed() < self.ttl)
             .cloned()
     }
 
-    pub fn insert(&self, dir: Ino, listing: Arc<Listing>) {
-        let mut map = self.lock();
+    fn insert(&self, key: Arc<str>, listing: Arc<Listing>) {
+        let mut map = lock(&self.map);
         // Expired listings are only dead weight: drop them as new ones arrive.
         if map.len() >= 64 {
             let ttl = self.ttl;
             map.retain(|_, l| l.fetched.elapsed() < ttl);
         }
-        map.insert(dir, listing);
+        map.insert(key, listing);
     }
 
-    pub fn remove(&self, dir: Ino) {
-        self.lock().remove(&dir);
+    pub fn remove(&self, key: &str) {
+        lock(&self.map).remove(key);
+    }
+
+    /// The listing of `key`: cached while fresh, else listed (or joined, if another caller
+    /// is listing it right now).
+    pub async fn get<S: ObjectStore>(
+        &self,
+        store: &S,
+        key: &str,
+        warn: &HiddenLog,
+    ) -> Result<Arc<Listing>, StoreError> {
+        if let Some(l) = self.fresh(key) {
+            return Ok(l);
+        }
+        let key: Arc<str> = key.into();
+        let follow = {
+            let mut inflight = lock(&self.inflight);
+            match inflight.get(&key) {
+                Some(rx) => Err(rx.clone()),
+                None => {
+                    let (tx, rx) = watch::channel(None);
+                    inflight.insert(key.clone(), rx);
+                    Ok(tx)
+                }
+            }
+        };
+        match follow {
+            Err(mut rx) => match rx.wait_for(Option::is_some).await {
+                Ok(v) => v
+                    .clone()
+                    .unwrap_or_else(|| Err(StoreError::Transient("listing abandoned".into()))),
+                Err(_) => Err(StoreError::Transient("listing abandoned".into())),
+            },
+            Ok(tx) => {
+                let _guard = InflightGuard {
+                    cache: self,
+                    key: key.clone(),
+                };
+                let result = list_dir(store, &key, warn).await.map(Arc::new);
+                if let Ok(l) = &result {
+                    self.insert(key, l.clone());
+                }
+                let _ = tx.send(Some(result.clone()));
+                result
+            }
+        }
     }
 }
 

@@ -40,6 +40,8 @@ pub struct FsConfig {
     pub max_prefetch: u64,
     /// Attempts for a ranged GET whose failure is transient (on top of the SDK's retries).
     pub read_attempts: u32,
+    /// Subdirectories listed ahead when a directory is first read (0: none).
+    pub prefetch_listings: usize,
 }
 
 impl Default for FsConfig {
@@ -56,6 +58,7 @@ impl Default for FsConfig {
             part_size: 8 << 20,
             max_prefetch: 64 << 20,
             read_attempts: 4,
+            prefetch_listings: 256,
         }
     }
 }
@@ -146,10 +149,10 @@ pub struct Fs<S> {
     store: Arc<S>,
     cfg: FsConfig,
     inodes: Mutex<InodeTable>,
-    dirs: DirCache,
+    dirs: Arc<DirCache>,
     /// Names recently found missing, so repeated probes (PATH or import searches) are cheap.
     negative: Mutex<HashMap<(Ino, Arc<str>), Instant>>,
-    hidden: HiddenLog,
+    hidden: Arc<HiddenLog>,
     files: Mutex<HashMap<u64, Arc<FileHandle>>>,
     dir_handles: Mutex<HashMap<u64, Arc<DirHandle>>>,
     next_fh: AtomicU64,
@@ -168,9 +171,9 @@ impl<S: ObjectStore> Fs<S> {
     pub fn new(store: Arc<S>, cfg: FsConfig, cache: Arc<BlockCache>) -> Arc<Self> {
         Arc::new(Fs {
             inodes: Mutex::new(InodeTable::new(&cfg.prefix)),
-            dirs: DirCache::new(cfg.metadata_ttl),
+            dirs: Arc::new(DirCache::new(cfg.metadata_ttl)),
             negative: Mutex::new(HashMap::new()),
-            hidden: HiddenLog::default(),
+            hidden: Arc::default(),
             files: Mutex::new(HashMap::new()),
             dir_handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
@@ -258,7 +261,7 @@ impl<S: ObjectStore> Fs<S> {
         if names::check_name(name).is_err() {
             return Err(FsError::NotFound);
         }
-        if let Some(listing) = self.dirs.fresh(parent) {
+        if let Some(listing) = self.dirs.fresh(&dir.key) {
             let e = listing.find(name).ok_or(FsError::NotFound)?;
             return Ok(self.remember(parent, &dir, e));
         }
@@ -360,13 +363,40 @@ impl<S: ObjectStore> Fs<S> {
         lock(&self.inodes).forget(ino, n);
     }
 
-    /// The listing of directory `ino`, from the cache while fresh.
-    async fn listing(&self, ino: Ino, dir: &Inode) -> Result<Arc<Listing>, FsError> {
-        if let Some(l) = self.dirs.fresh(ino) {
-            return Ok(l);
+    /// The listing of directory `dir`, from the cache while fresh. The first time a
+    /// listing is used, its subdirectories are listed ahead in the background, so a tree
+    /// walk (`find`, `du`, `ls -R`) finds each level already listed.
+    async fn listing(&self, dir: &Inode) -> Result<Arc<Listing>, FsError> {
+        let listing = self.dirs.get(&*self.store, &dir.key, &self.hidden).await?;
+        if self.cfg.prefetch_listings > 0
+            && !listing
+                .children_prefetched
+                .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            let children: Vec<String> = listing
+                .entries
+                .iter()
+                .filter(|e| e.kind == Kind::Dir)
+                .take(self.cfg.prefetch_listings)
+                .map(|e| format!("{}{}/", dir.key, e.name))
+                .collect();
+            if !children.is_empty() {
+                let (store, dirs, hidden) =
+                    (self.store.clone(), self.dirs.clone(), self.hidden.clone());
+                tokio::spawn(async move {
+                    use futures::StreamExt;
+                    futures::stream::iter(children)
+                        .for_each_concurrent(4, |k| {
+                            let (store, dirs, hidden) = (&store, &dirs, &hidden);
+                            async move {
+                                // A failure here only means the directory is listed on use.
+                                let _ = dirs.get(&**store, &k, hidden).await;
+                            }
+                        })
+                        .await;
+                });
+            }
         }
-        let listing = Arc::new(dirs::list_dir(&*self.store, &dir.key, &self.hidden).await?);
-        self.dirs.insert(ino, listing.clone());
         Ok(listing)
     }
 
@@ -374,7 +404,7 @@ impl<S: ObjectStore> Fs<S> {
     /// across the readdir calls of this handle.
     pub async fn opendir(&self, ino: Ino) -> Result<u64, FsError> {
         let dir = self.dir_node(ino)?;
-        let listing = self.listing(ino, &dir).await?;
+        let listing = self.listing(&dir).await?;
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         lock(&self.dir_handles).insert(
             fh,
@@ -536,7 +566,9 @@ impl<S: ObjectStore> Fs<S> {
 
     /// Drops the cached listing of a directory (tests; future invalidation).
     pub fn invalidate_dir(&self, ino: Ino) {
-        self.dirs.remove(ino);
+        if let Ok(n) = self.node(ino) {
+            self.dirs.remove(&n.key);
+        }
     }
 
     pub fn root(&self) -> Ino {

@@ -255,3 +255,44 @@ async fn a_changed_object_fails_reads_on_the_old_handle_and_reopens_fresh() {
     s.delete("f");
     assert!(matches!(fs.getattr(f.ino).await, Err(FsError::NotFound)));
 }
+
+#[tokio::test]
+async fn subdirectories_are_listed_ahead_once_their_parent_is_read() {
+    let s = Arc::new(MemoryStore::new());
+    for d in 0..20 {
+        for f in 0..5 {
+            s.put(&format!("t/d{d:02}/f{f}"), "x");
+        }
+    }
+    let fs = fs_with(s.clone(), FsConfig::default());
+    let t = fs.lookup(ROOT, "t").await.unwrap();
+    assert_eq!(names(&fs, t.ino).await.len(), 22);
+    // The background listing of the 20 subdirectories completes shortly.
+    let want = 1 + 1 + 20; // probe of t, t itself, its children
+    for _ in 0..200 {
+        if s.lists.load(Ordering::Relaxed) >= want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let before = s.lists.load(Ordering::Relaxed);
+    assert_eq!(before, want);
+    for d in 0..20 {
+        let dir = fs.lookup(t.ino, &format!("d{d:02}")).await.unwrap();
+        assert_eq!(names(&fs, dir.ino).await.len(), 7);
+    }
+    // Walking the level below needed no LIST of its own (its own children are files).
+    assert_eq!(s.lists.load(Ordering::Relaxed), before);
+    // Turned off, nothing is listed ahead.
+    let s2 = Arc::new(MemoryStore::new());
+    s2.put("t/d/f", "x");
+    let cfg = FsConfig {
+        prefetch_listings: 0,
+        ..FsConfig::default()
+    };
+    let fs2 = fs_with(s2.clone(), cfg);
+    let t2 = fs2.lookup(ROOT, "t").await.unwrap();
+    names(&fs2, t2.ino).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(s2.lists.load(Ordering::Relaxed), 2);
+}
