@@ -24,16 +24,64 @@ pub struct BlockKey {
     pub index: u64,
 }
 
+/// One block of an object: the response chunks it arrived in, kept as they are (no copy);
+/// a read answers with slices of them in one vectored write.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Block {
+    chunks: Arc<[Bytes]>,
+    len: usize,
+}
+
+impl Block {
+    pub fn new(chunks: Vec<Bytes>) -> Self {
+        let len = chunks.iter().map(Bytes::len).sum();
+        Block {
+            chunks: chunks.into(),
+            len,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Appends slices covering `[from, to)` of the block to `out` (no copy).
+    pub fn slice_into(&self, from: usize, to: usize, out: &mut Vec<Bytes>) {
+        let mut base = 0;
+        for c in self.chunks.iter() {
+            let (start, end) = (base, base + c.len());
+            base = end;
+            if end <= from || c.is_empty() {
+                continue;
+            }
+            if start >= to {
+                break;
+            }
+            out.push(c.slice(from.max(start) - start..to.min(end) - start));
+        }
+    }
+}
+
+impl From<Bytes> for Block {
+    fn from(b: Bytes) -> Self {
+        Block::new(vec![b])
+    }
+}
+
 #[derive(Clone, Debug)]
 pub enum BlockState {
     Pending,
-    Ready(Bytes),
+    Ready(Block),
     Failed(StoreError),
 }
 
 /// The outcome of asking for a block.
 pub enum Claim {
-    Ready(Bytes),
+    Ready(Block),
     /// Someone else is fetching it: wait on this.
     Wait(watch::Receiver<BlockState>),
     /// Nobody is: the caller must fetch it and complete the slot.
@@ -43,7 +91,7 @@ pub enum Claim {
 }
 
 struct Inner {
-    lru: LruCache<BlockKey, Bytes>,
+    lru: LruCache<BlockKey, Block>,
     /// Bytes of cached blocks.
     bytes: usize,
     /// Bytes reserved by fetches in flight.
@@ -213,7 +261,7 @@ impl FetchSlot {
         }
     }
 
-    pub fn complete(mut self, result: Result<Bytes, StoreError>) {
+    pub fn complete(mut self, result: Result<Block, StoreError>) {
         self.send(match result {
             Ok(b) => BlockState::Ready(b),
             Err(e) => BlockState::Failed(e),
@@ -238,7 +286,7 @@ impl Drop for FetchSlot {
 }
 
 /// Waits for a block fetched by someone else.
-pub async fn wait(mut rx: watch::Receiver<BlockState>) -> Result<Bytes, StoreError> {
+pub async fn wait(mut rx: watch::Receiver<BlockState>) -> Result<Block, StoreError> {
     let state = rx
         .wait_for(|s| !matches!(s, BlockState::Pending))
         .await
@@ -280,16 +328,40 @@ mod tests {
             Claim::Wait(rx) => rx,
             _ => panic!("second claim must wait"),
         };
-        slot.complete(Ok(Bytes::from_static(b"123456")));
-        assert_eq!(wait(rx).await.unwrap(), Bytes::from_static(b"123456"));
+        slot.complete(Ok(Bytes::from_static(b"123456").into()));
+        assert_eq!(
+            wait(rx).await.unwrap(),
+            Bytes::from_static(b"123456").into()
+        );
         assert!(matches!(c.claim(&key(0), 6, false), Claim::Ready(_)));
         // Reserving 6 more bytes than fit evicts the least recently used block at claim time.
         let s1 = fetch(&c, 1, 6, false);
         assert_eq!((c.bytes(), c.reserved()), (0, 6));
-        s1.complete(Ok(Bytes::from_static(b"abcdef")));
+        s1.complete(Ok(Bytes::from_static(b"abcdef").into()));
         assert_eq!((c.bytes(), c.reserved()), (6, 0));
         assert!(!c.contains(&key(0)));
         assert!(c.contains(&key(1)));
+    }
+
+    #[test]
+    fn blocks_slice_across_chunks() {
+        let b = Block::new(vec![
+            Bytes::from_static(b"ab"),
+            Bytes::new(),
+            Bytes::from_static(b"cde"),
+            Bytes::from_static(b"f"),
+        ]);
+        assert_eq!(b.len(), 6);
+        let cut = |from, to| {
+            let mut v = Vec::new();
+            b.slice_into(from, to, &mut v);
+            v.concat()
+        };
+        assert_eq!(cut(0, 6), b"abcdef");
+        assert_eq!(cut(1, 4), b"bcd");
+        assert_eq!(cut(2, 5), b"cde");
+        assert_eq!(cut(5, 6), b"f");
+        assert_eq!(cut(3, 3), b"");
     }
 
     #[tokio::test]
@@ -299,8 +371,8 @@ mod tests {
         assert!(matches!(c.claim(&key(1), 40, true), Claim::Busy));
         // Demand reads are never refused.
         let b = fetch(&c, 2, 40, false);
-        a.complete(Ok(Bytes::from(vec![0u8; 40])));
-        b.complete(Ok(Bytes::from(vec![0u8; 40])));
+        a.complete(Ok(Bytes::from(vec![0u8; 40]).into()));
+        b.complete(Ok(Bytes::from(vec![0u8; 40]).into()));
         assert!(matches!(c.claim(&key(1), 40, true), Claim::Fetch(_)));
     }
 

@@ -11,7 +11,7 @@ use futures::StreamExt;
 
 use super::inodes::{Ino, ObjStat};
 use super::{FsConfig, FsError};
-use crate::cache::{self, BlockCache, BlockKey, Claim, FetchSlot};
+use crate::cache::{self, Block, BlockCache, BlockKey, Claim, FetchSlot};
 use crate::store::{ObjectStore, StoreError};
 
 /// Longest wait for the next chunk of a response body before the GET counts as failed.
@@ -172,13 +172,13 @@ pub async fn read<S: ObjectStore>(
 /// Cuts `[offset, end)` out of consecutive blocks starting at block `first`, as slices of
 /// the cached blocks (no copy: the FUSE reply is written with one vectored write).
 fn slices(
-    blocks: &[Bytes],
+    blocks: &[Block],
     first: u64,
     bs: u64,
     offset: u64,
     end: u64,
 ) -> Result<Vec<Bytes>, FsError> {
-    let mut parts = Vec::with_capacity(blocks.len());
+    let mut parts = Vec::with_capacity(blocks.len() * 2);
     for (i, b) in blocks.iter().enumerate() {
         let base = (first + i as u64) * bs;
         let from = offset.saturating_sub(base) as usize;
@@ -190,7 +190,7 @@ fn slices(
                 b.len()
             )));
         }
-        parts.push(b.slice(from..to));
+        b.slice_into(from, to, &mut parts);
     }
     Ok(parts)
 }
@@ -278,9 +278,9 @@ async fn fetch_once<S: ObjectStore>(
     let end = ((back.key().index + 1) * bs).min(size);
     let block_len = |index: u64| ((index + 1) * bs).min(size) - index * bs;
     let mut stream = store.get_range(&h.key, start..end, &h.stat.etag).await?;
-    // One allocation for the whole GET; each block is split off it when complete, so the
-    // body is copied once and large parts are not carved into many small heap blocks.
-    let mut buf = BytesMut::with_capacity((end - start) as usize);
+    // Blocks are made of the response's own chunks, cut at block boundaries: no copy.
+    let mut current: Vec<Bytes> = Vec::new();
+    let mut have = 0usize;
     loop {
         let chunk = match tokio::time::timeout(BODY_IDLE_TIMEOUT, stream.next()).await {
             Err(_) => return Err(StoreError::Transient("response body stalled".into())),
@@ -297,14 +297,14 @@ async fn fetch_once<S: ObjectStore>(
                 )));
             };
             let want = block_len(slot.key().index) as usize;
-            let n = (want - buf.len()).min(chunk.len());
-            buf.extend_from_slice(&chunk[..n]);
-            chunk.advance(n);
-            if buf.len() == want {
-                let done = buf.split_to(want).freeze();
+            let n = (want - have).min(chunk.len());
+            current.push(chunk.split_to(n));
+            have += n;
+            if have == want {
                 if let Some(slot) = slots.pop_front() {
-                    slot.complete(Ok(done));
+                    slot.complete(Ok(Block::new(std::mem::take(&mut current))));
                 }
+                have = 0;
             }
         }
     }
@@ -341,7 +341,10 @@ mod tests {
 
     #[test]
     fn slices_cut_across_blocks() {
-        let blocks = [Bytes::from_static(b"abcd"), Bytes::from_static(b"efgh")];
+        let blocks = [
+            Block::from(Bytes::from_static(b"abcd")),
+            Block::new(vec![Bytes::from_static(b"ef"), Bytes::from_static(b"gh")]),
+        ];
         assert_eq!(
             &concat(&slices(&blocks, 2, 4, 9, 15).unwrap())[..],
             b"bcdefg"
@@ -350,6 +353,6 @@ mod tests {
             &concat(&slices(&blocks[..1], 2, 4, 9, 11).unwrap())[..],
             b"bc"
         );
-        assert!(slices(&[Bytes::from_static(b"ab")], 0, 4, 0, 4).is_err());
+        assert!(slices(&[Block::from(Bytes::from_static(b"ab"))], 0, 4, 0, 4).is_err());
     }
 }
