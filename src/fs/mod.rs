@@ -161,6 +161,9 @@ pub struct Fs<S> {
 }
 
 const NEGATIVE_MAX: usize = 100_000;
+/// Subdirectory listings fetched at once when listing ahead (small requests: the server
+/// handles many in parallel).
+const LISTING_PREFETCH_PARALLELISM: usize = 16;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Critical sections here do not panic half-way; a poisoned lock still holds valid state.
@@ -386,7 +389,7 @@ impl<S: ObjectStore> Fs<S> {
                 tokio::spawn(async move {
                     use futures::StreamExt;
                     futures::stream::iter(children)
-                        .for_each_concurrent(4, |k| {
+                        .for_each_concurrent(LISTING_PREFETCH_PARALLELISM, |k| {
                             let (store, dirs, hidden) = (&store, &dirs, &hidden);
                             async move {
                                 // A failure here only means the directory is listed on use.
