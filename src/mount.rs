@@ -38,12 +38,19 @@ pub enum MountError {
     Mountpoint { path: PathBuf, why: String },
     #[error("{0}")]
     Preflight(String),
+    // Not a `source`: the message already carries it, and `{:#}` would print it twice.
     #[error("credentials: {0}")]
-    Auth(#[from] AuthError),
+    Auth(AuthError),
     #[error("FUSE mount at {path} failed: {why}")]
     Fuse { path: PathBuf, why: String },
     #[error("{0}")]
     Io(String),
+}
+
+impl From<AuthError> for MountError {
+    fn from(e: AuthError) -> Self {
+        MountError::Auth(e)
+    }
 }
 
 /// Checks the mountpoint: an existing, empty directory that nothing is mounted on.

@@ -262,8 +262,16 @@ impl Inner {
                 return Err(AuthError::Sts {
                     role: self.exchanger.config().role_arn.clone(),
                     transient: e.is_transient(),
+                    // The claims matter for trust failures, not for policy or parameter errors.
                     hint: match (&e, claims) {
-                        (StsError::Rejected { .. }, Some(c)) => trust_hint(&c),
+                        (StsError::Rejected { code, .. }, Some(c))
+                            if matches!(
+                                code.as_str(),
+                                "AccessDenied" | "InvalidIdentityToken" | "IDPRejectedClaim"
+                            ) =>
+                        {
+                            trust_hint(&c)
+                        }
                         _ => String::new(),
                     },
                     error: e.to_string(),

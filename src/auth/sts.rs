@@ -163,14 +163,23 @@ where
             .unwrap_or_default();
         return match code.as_str() {
             "ExpiredTokenException" | "ExpiredToken" => StsError::ExpiredToken { message },
-            "IDPCommunicationError"
-            | "Throttling"
-            | "ThrottlingException"
-            | "RequestLimitExceeded"
-            | "ServiceUnavailable"
-            | "InternalFailure"
-            | "InternalError" => StsError::Transient { code, message },
-            _ => StsError::Rejected { code, message },
+            // Configuration errors: asking again cannot help.
+            "AccessDenied"
+            | "InvalidIdentityToken"
+            | "IDPRejectedClaim"
+            | "MalformedPolicyDocument"
+            | "PackedPolicyTooLarge"
+            | "RegionDisabledException"
+            | "InvalidParameterValue"
+            | "InvalidArgument"
+            | "ValidationError"
+            | "MissingParameter"
+            | "InvalidAction"
+            | "InvalidClientTokenId"
+            | "NoSuchEntity" => StsError::Rejected { code, message },
+            // Throttling, 5xx, and anything unexpected (RGW answers BucketAlreadyExists when
+            // two first exchanges of one subject race): retried, bounded.
+            _ => StsError::Transient { code, message },
         };
     }
     StsError::Transient {
