@@ -216,6 +216,15 @@ impl BlockCache {
         state
     }
 
+    /// Marks blocks as read through: a sequential reader will not come back for them, so
+    /// they are the first to go, before prefetched blocks nobody has read yet.
+    pub fn demote(&self, keys: &[BlockKey]) {
+        let mut inner = self.lock();
+        for k in keys {
+            inner.lru.demote(k);
+        }
+    }
+
     /// Drops every cached block of `key` (any version): used when an object is known to
     /// have changed, so stale blocks do not occupy the budget.
     pub fn forget_object(&self, key: &str) {
@@ -362,6 +371,18 @@ mod tests {
         assert_eq!(cut(2, 5), b"cde");
         assert_eq!(cut(5, 6), b"f");
         assert_eq!(cut(3, 3), b"");
+    }
+
+    #[tokio::test]
+    async fn demoted_blocks_are_evicted_first() {
+        let c = BlockCache::new(12);
+        for i in 0..3 {
+            fetch(&c, i, 4, false).complete(Ok(Bytes::from(vec![0u8; 4]).into()));
+        }
+        // Block 2 was read through; the next insert evicts it, not block 0.
+        c.demote(&[key(2)]);
+        fetch(&c, 3, 4, false).complete(Ok(Bytes::from(vec![0u8; 4]).into()));
+        assert!(c.contains(&key(0)) && !c.contains(&key(2)));
     }
 
     #[tokio::test]

@@ -554,7 +554,18 @@ impl<S: ObjectStore> Fs<S> {
         size: u32,
     ) -> Result<Vec<bytes::Bytes>, FsError> {
         let h = self.file_handle(fh)?;
-        match read::read(&self.store, &self.cache, &self.cfg, &h, offset, size).await {
+        let open_files = lock(&self.files).len();
+        match read::read(
+            &self.store,
+            &self.cache,
+            &self.cfg,
+            &h,
+            offset,
+            size,
+            open_files,
+        )
+        .await
+        {
             Err(FsError::Stale) => {
                 // The object changed or vanished: make the next open look again, and drop
                 // blocks of the old version.

@@ -80,6 +80,7 @@ pub async fn read<S: ObjectStore>(
     h: &Arc<FileHandle>,
     offset: u64,
     size: u32,
+    open_files: usize,
 ) -> Result<Vec<Bytes>, FsError> {
     let file_size = h.stat.size;
     if offset >= file_size || size == 0 {
@@ -93,9 +94,11 @@ pub async fn read<S: ObjectStore>(
     let block_len = |index: u64| (((index + 1) * bs).min(file_size) - index * bs) as usize;
     let part_blocks = (cfg.part_size / bs).max(1);
 
-    // Prefetch may hold at most half of the budget (the cache enforces it too).
-    let max_window = (cfg.max_prefetch.min(cache.capacity() as u64 / 2) / bs).max(1);
-    let (prefetch_from, prefetch_to) = {
+    // Prefetch may hold at most half of the budget (the cache enforces it too), shared by
+    // the open files, so readers do not evict each other's prefetched blocks.
+    let share = cache.capacity() as u64 / 2 / open_files.max(1) as u64;
+    let max_window = (cfg.max_prefetch.min(share) / bs).max(1);
+    let (prefetch_from, prefetch_to, sequential) = {
         let mut seq = h.seq.lock().unwrap_or_else(|e| e.into_inner());
         let window = seq.on_read(
             offset,
@@ -112,9 +115,9 @@ pub async fn read<S: ObjectStore>(
             && (to - from + 1 >= part_blocks.min(window) || to == last_block)
         {
             seq.frontier = to + 1;
-            (from, to)
+            (from, to, true)
         } else {
-            (1, 0)
+            (1, 0, window > 0)
         }
     };
 
@@ -165,6 +168,16 @@ pub async fn read<S: ObjectStore>(
             Ok(b) => b,
             Err(rx) => cache::wait(rx).await.map_err(FsError::from)?,
         });
+    }
+    if sequential {
+        // Read through by a sequential reader: evict these before unread prefetched blocks.
+        let done_upto = if end == file_size || end.is_multiple_of(bs) {
+            last + 1
+        } else {
+            last
+        };
+        let done: Vec<BlockKey> = (first..done_upto).map(|i| block_key(h, i)).collect();
+        cache.demote(&done);
     }
     slices(&blocks, first, bs, offset, end)
 }
