@@ -147,14 +147,15 @@ fn last_item(p: &ListPage) -> Option<&str> {
     }
 }
 
-/// Split points after the first page for the rest of a listing, guessed from its names:
-/// names vary at the position where the page's first and last names differ (or one before,
-/// when they differ only at the end: names counting up, `f00999` then `f01000`), and at
-/// every position before it; the rest continues with the following characters of the
-/// classes (digits, lower, upper case) seen on the page. Split points are increasing and
-/// all after the page's last name.
+/// Split points after the first page for the rest of a listing, guessed from its names.
+/// Where the page's first and last names first differ, the next character to the left is
+/// the one that changes next (`f00000.txt`..`f00999.txt` are followed by `f01...`; hex names
+/// `00..`..`03..` by `04..`, then `1`..`f`), so the points are the last name's head up to
+/// that position followed by each later character seen on the page at or after it (digits
+/// and letters only). If none is later, the position moves left. Split points increase and
+/// all come after the page's last name; a wrong guess costs a few empty LISTs.
 pub fn split_points(dir_key: &str, page: &ListPage) -> Vec<String> {
-    const MAX_SPLITS: usize = 48;
+    const MAX_SPLITS: usize = 32;
     let (Some(first), Some(last)) = (first_item(page), last_item(page)) else {
         return Vec::new();
     };
@@ -164,48 +165,61 @@ pub fn split_points(dir_key: &str, page: &ListPage) -> Vec<String> {
     let a: Vec<char> = a.chars().collect();
     let b: Vec<char> = b.chars().collect();
     let common = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
-    let pos = if common > 0 && b.len() - common <= 3 {
-        common - 1
-    } else {
-        common
-    };
-    // Character classes seen on the page from that position on.
-    let names = page
+    // The alphabet the names are written in: the characters at the positions where the
+    // page's names vary (a constant suffix such as ".txt" says nothing), digits and letters
+    // only, completed to all digits and to every letter up to the highest one seen.
+    let from = common.saturating_sub(1);
+    let names: Vec<Vec<char>> = page
         .objects
         .iter()
         .map(|o| o.key.as_str())
-        .chain(page.prefixes.iter().map(String::as_str));
-    let (mut digit, mut lower, mut upper) = (false, false, false);
-    for n in names {
-        for c in n.get(dir_key.len()..).unwrap_or("").chars().skip(pos) {
-            digit |= c.is_ascii_digit();
-            lower |= c.is_ascii_lowercase();
-            upper |= c.is_ascii_uppercase();
+        .chain(page.prefixes.iter().map(String::as_str))
+        .map(|n| n.get(dir_key.len()..).unwrap_or("").chars().collect())
+        .collect();
+    let width = names.iter().map(Vec::len).max().unwrap_or(0);
+    let mut seen: Vec<char> = Vec::new();
+    for p in from..width {
+        let mut at: Vec<char> = names.iter().filter_map(|n| n.get(p).copied()).collect();
+        at.sort_unstable();
+        at.dedup();
+        if at.len() > 1 {
+            seen.extend(at.into_iter().filter(char::is_ascii_alphanumeric));
         }
     }
-    let mut class: Vec<char> = Vec::new();
-    if digit {
-        class.extend('0'..='9');
+    let top = |lo: char, hi: char| {
+        seen.iter()
+            .filter(|c| (lo..=hi).contains(*c))
+            .max()
+            .copied()
+    };
+    let mut alphabet: Vec<char> = Vec::new();
+    if top('0', '9').is_some() {
+        alphabet.extend('0'..='9');
     }
-    if upper {
-        class.extend('A'..='Z');
+    if let Some(t) = top('A', 'Z') {
+        alphabet.extend('A'..=t);
     }
-    if lower {
-        class.extend('a'..='z');
+    if let Some(t) = top('a', 'z') {
+        alphabet.extend('a'..=t);
     }
-    let mut out: Vec<String> = Vec::new();
-    for level in (0..=pos.min(b.len().saturating_sub(1))).rev() {
+    let mut level = common.min(b.len()).saturating_sub(1);
+    loop {
+        let Some(&c) = b.get(level) else {
+            return Vec::new();
+        };
         let head: String = b[..level].iter().collect();
-        for &x in class.iter().filter(|&&x| x > b[level]) {
-            out.push(format!("{dir_key}{head}{x}"));
+        let mut out: Vec<String> = alphabet
+            .iter()
+            .filter(|&&x| x > c)
+            .map(|x| format!("{dir_key}{head}{x}"))
+            .filter(|p| p.as_str() > last)
+            .collect();
+        if !out.is_empty() || level == 0 {
+            out.truncate(MAX_SPLITS);
+            return out;
         }
-        if out.len() >= MAX_SPLITS {
-            break;
-        }
+        level -= 1;
     }
-    out.retain(|s| s.as_str() > last);
-    out.truncate(MAX_SPLITS);
-    out
 }
 
 fn add_page(
@@ -413,15 +427,26 @@ mod tests {
 
     #[test]
     fn split_points_follow_the_names() {
-        let s = split_points("d/", &page(&["d/f00000", "d/f00500", "d/f00999"]));
-        assert_eq!(&s[..3], ["d/f01", "d/f02", "d/f03"]);
-        assert!(s.contains(&"d/f09".to_string()) && s.contains(&"d/f1".to_string()));
-        assert!(!s.iter().any(|x| x.ends_with('a')), "digits only: {s:?}");
-        assert!(s.windows(2).all(|w| w[0] < w[1]));
+        let s = split_points(
+            "d/",
+            &page(&["d/f00000.txt", "d/f00500.txt", "d/f00999.txt"]),
+        );
+        assert_eq!(
+            s,
+            [
+                "d/f01", "d/f02", "d/f03", "d/f04", "d/f05", "d/f06", "d/f07", "d/f08", "d/f09"
+            ]
+        );
         let hex = split_points("", &page(&["0003ab", "01ffee", "03f1c9"]));
-        assert_eq!(hex.first().map(String::as_str), Some("04"));
-        assert!(hex.contains(&"f".to_string()), "{hex:?}");
-        assert!(hex.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(
+            hex,
+            [
+                "1", "2", "3", "4", "5", "6", "7", "8", "9", "a", "b", "c", "d", "e", "f"
+            ]
+        );
+        // The last name ends the alphabet at that position: move left.
+        let z = split_points("", &page(&["b0", "b9", "c0", "c9"]));
+        assert!(z.is_empty() || z.iter().all(|x| x.as_str() > "c9"), "{z:?}");
         assert!(split_points("", &page(&["~x", "~y"])).is_empty());
     }
 
