@@ -81,25 +81,47 @@ pub async fn list_dir<S: ObjectStore>(
             }
         }
     }
-    let entries: Vec<DirEntry> = map.into_values().collect();
     tracing::debug!(
         dir = dir_key,
         pages,
-        entries = entries.len(),
+        entries = map.len(),
         ms = fetched.elapsed().as_millis() as u64,
         "listed"
     );
-    let index = entries
-        .iter()
-        .enumerate()
-        .map(|(i, e)| (e.name.clone(), i))
-        .collect();
-    Ok(Listing {
-        entries,
-        index,
-        fetched,
-        children_prefetched: Default::default(),
-    })
+    Ok(Listing::new(map, fetched))
+}
+
+impl Listing {
+    fn new(map: BTreeMap<Arc<str>, DirEntry>, fetched: Instant) -> Self {
+        let entries: Vec<DirEntry> = map.into_values().collect();
+        let index = entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.name.clone(), i))
+            .collect();
+        Listing {
+            entries,
+            index,
+            fetched,
+            children_prefetched: Default::default(),
+        }
+    }
+
+    /// The listing of `dir_key` when one page holds all of it (the page has no
+    /// continuation), e.g. a small directory seen while looking it up.
+    pub fn from_complete_page(
+        dir_key: &str,
+        page: &ListPage,
+        fetched: Instant,
+        warn: &HiddenLog,
+    ) -> Option<Self> {
+        if page.next.is_some() {
+            return None;
+        }
+        let mut map = BTreeMap::new();
+        add_page(&mut map, dir_key, page, warn);
+        Some(Listing::new(map, fetched))
+    }
 }
 
 /// Pages from `from` until an item beyond `until` (dropped) or the end of the listing.
@@ -322,7 +344,7 @@ impl DirCache {
             .cloned()
     }
 
-    fn insert(&self, key: Arc<str>, listing: Arc<Listing>) {
+    pub fn insert(&self, key: Arc<str>, listing: Arc<Listing>) {
         let mut map = lock(&self.map);
         // Expired listings are only dead weight: drop them as new ones arrive.
         if map.len() >= 64 {

@@ -161,6 +161,9 @@ pub struct Fs<S> {
 }
 
 const NEGATIVE_MAX: usize = 100_000;
+/// Keys asked for when probing whether a name is a directory: enough to get a small
+/// directory whole, few enough to stay as fast as a one-key LIST.
+const PROBE_LIST_KEYS: i32 = 100;
 /// Subdirectory listings fetched at once when listing ahead (small requests: the server
 /// handles many in parallel).
 const LISTING_PREFETCH_PARALLELISM: usize = 16;
@@ -301,13 +304,19 @@ impl<S: ObjectStore> Fs<S> {
     async fn probe(&self, dir: &Inode, name: &str) -> Result<DirEntry, FsError> {
         let file_key = Self::child_key(dir, name, Kind::File);
         let dir_key = Self::child_key(dir, name, Kind::Dir);
+        let asked = Instant::now();
         let (head, list) = tokio::join!(
             self.store.head(&file_key),
             self.store
-                .list_page(&dir_key, true, ListFrom::Start, Some(1))
+                .list_page(&dir_key, true, ListFrom::Start, Some(PROBE_LIST_KEYS))
         );
         let list = list?;
         if !list.objects.is_empty() || !list.prefixes.is_empty() {
+            // A small directory came back whole: keep it, so the lookups inside it that
+            // usually follow need no request.
+            if let Some(l) = Listing::from_complete_page(&dir_key, &list, asked, &self.hidden) {
+                self.dirs.insert(dir_key.as_str().into(), Arc::new(l));
+            }
             if head.is_ok() {
                 self.hidden
                     .hidden(&file_key, names::Hidden::ShadowedByDirectory);
