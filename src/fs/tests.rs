@@ -295,5 +295,9 @@ async fn subdirectories_are_listed_ahead_once_their_parent_is_read() {
     let t2 = fs2.lookup(ROOT, "t").await.unwrap();
     names(&fs2, t2.ino).await;
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(s2.lists.load(Ordering::Relaxed), 1, "the probe's page was the listing");
+    assert_eq!(
+        s2.lists.load(Ordering::Relaxed),
+        1,
+        "the probe's page was the listing"
+    );
 }
