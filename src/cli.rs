@@ -46,9 +46,37 @@ pub enum Command {
     /// Mount s3://BUCKET[/PREFIX] read-only at MOUNTPOINT and serve it in the foreground
     /// until SIGTERM/SIGINT (then unmount and exit 0).
     Mount(MountArgs),
+    /// Container entrypoint: mount, wait until the mount answers, run APP with the same stdio,
+    /// forward SIGTERM/SIGINT/SIGHUP to it, and when it exits unmount and exit with its status
+    /// (128+signal if it was killed). Usage: run [mount options] s3://BUCKET[/PREFIX] MOUNTPOINT -- APP [ARGS...]
+    Run(RunArgs),
     /// Print the IAM trust policy and the least-privilege permission policy for a role that
     /// a Google service account assumes to read s3://BUCKET/PREFIX.
     Policy(PolicyArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub mount: MountArgs,
+
+    /// A file created once the mount answers and removed at unmount (readiness for other
+    /// container tooling).
+    #[arg(long, env = "S3_OIDC_MOUNT_READY_FILE")]
+    pub ready_file: Option<PathBuf>,
+
+    /// How long the mount may take to answer before the app is given up on.
+    #[arg(long, env = "S3_OIDC_MOUNT_READY_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub ready_timeout: Duration,
+
+    /// After SIGTERM, how long the app has to exit before it is killed (Cloud Run allows 10 s
+    /// in all, so the default leaves time to unmount).
+    #[arg(long, env = "S3_OIDC_MOUNT_GRACE_PERIOD", default_value = "8s", value_parser = parse_duration)]
+    pub grace_period: Duration,
+
+    /// The app to run, after `--`.
+    #[arg(last = true, required = true, value_name = "APP")]
+    pub command: Vec<std::ffi::OsString>,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -8,4 +8,5 @@ pub mod fs;
 pub mod fuse;
 pub mod logging;
 pub mod mount;
+pub mod run;
 pub mod store;

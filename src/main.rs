@@ -7,6 +7,7 @@ use s3_oidc_mount::auth::{AuthConfig, policy, token::GcpMetadata};
 use s3_oidc_mount::cli::{AuthArgs, Cli, Command, MountArgs, PolicyArgs, Source, parse_source};
 use s3_oidc_mount::fs::FsConfig;
 use s3_oidc_mount::mount::{self, MountConfig};
+use s3_oidc_mount::run::RunConfig;
 use s3_oidc_mount::store::s3::S3Options;
 
 fn main() -> ExitCode {
@@ -22,7 +23,7 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             // One line, with the causes: what failed and what to do about it.
             eprintln!("s3-oidc-mount: error: {e:#}");
@@ -31,7 +32,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+/// Runs the command; returns the process exit code.
+fn run(cli: Cli) -> anyhow::Result<u8> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("s3om-worker")
@@ -53,9 +55,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 anyhow::Ok(())
             })?;
         }
+        Command::Run(args) => {
+            let cfg = RunConfig {
+                mount: mount_config(&args.mount)?,
+                command: args.command.clone(),
+                ready_file: args.ready_file.clone(),
+                ready_timeout: args.ready_timeout,
+                grace_period: args.grace_period,
+            };
+            return Ok(rt.block_on(s3_oidc_mount::run::run(cfg))?);
+        }
         Command::Policy(args) => rt.block_on(print_policies(&args))?,
     }
-    Ok(())
+    Ok(0)
 }
 
 async fn print_policies(a: &PolicyArgs) -> anyhow::Result<()> {
