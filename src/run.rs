@@ -68,6 +68,12 @@ pub async fn run(cfg: RunConfig) -> Result<u8, RunError> {
         tracing::warn!(file = %f.display(), error = %e, "cannot create the ready file");
     }
 
+    // Orphans of the app become our children (as they would if we were PID 1), so they are
+    // reaped here and none is left as a zombie.
+    // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes a plain integer argument.
+    unsafe {
+        libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+    }
     let status = match spawn(&cfg.command) {
         Ok(pid) => {
             tracing::info!(pid, app = %command_line(&cfg.command), "app started");

@@ -190,3 +190,35 @@ fn a_failed_mount_never_starts_the_app() {
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("cannot start /nonexistent/app"), "{err}");
 }
+
+/// Zombie children of `pid`, from /proc.
+fn zombies_of(pid: u32) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...
+        let Some(rest) = stat.rsplit_once(") ").map(|(_, r)| r) else {
+            continue;
+        };
+        let mut f = rest.split_whitespace();
+        let (state, ppid) = (f.next(), f.next());
+        if state == Some("Z") && ppid == Some(pid.to_string().as_str()) {
+            out.push(stat);
+        }
+    }
+    out
+}
+
+#[test]
+fn orphans_of_the_app_are_reaped() {
+    // The app leaves a short-lived orphan behind and keeps running for a while.
+    let w = start(&[], &["sh", "-c", "(sleep 0.2 &) ; sleep 2; exit 0"]);
+    let pid = w.child.id();
+    std::thread::sleep(Duration::from_millis(1200));
+    let z = zombies_of(pid);
+    assert!(z.is_empty(), "zombies left under the wrapper: {z:?}");
+    let (code, _, err, _d) = w.finish(Duration::from_secs(30));
+    assert_eq!(code, Some(0), "{err}");
+}
