@@ -89,12 +89,58 @@ fn errno(e: &FsError) -> Errno {
 }
 
 /// Logs a failed request once, at a level that matches how surprising it is.
-fn log_error(op: &str, ino: u64, e: &FsError) {
+/// Logs a failed request. Expected answers (ENOENT, EROFS, ...) go to debug; real failures
+/// to warn, at most once a second per operation and errno (an outage would otherwise log
+/// every request), with the number of failures not logged since.
+fn log_error(op: &'static str, ino: u64, e: &FsError) {
     match e {
         FsError::NotFound | FsError::ReadOnly | FsError::NotDir | FsError::IsDir => {
             tracing::debug!(op, ino, error = %e, "request failed")
         }
-        _ => tracing::warn!(op, ino, errno = e.errno(), error = %e, "request failed"),
+        _ => {
+            if let Some(suppressed) = WARN_LIMIT.admit(op, e.errno()) {
+                tracing::warn!(op, ino, errno = e.errno(), error = %e, suppressed, "request failed");
+            } else {
+                tracing::debug!(op, ino, errno = e.errno(), error = %e, "request failed");
+            }
+        }
+    }
+}
+
+/// (operation, errno).
+type GateKey = (&'static str, i32);
+/// When the last warning was logged, and how many were held back since.
+type Gate = (std::time::Instant, u64);
+
+/// A once-a-second gate per (operation, errno).
+struct RateLimit {
+    last: std::sync::Mutex<std::collections::HashMap<GateKey, Gate>>,
+}
+
+static WARN_LIMIT: std::sync::LazyLock<RateLimit> = std::sync::LazyLock::new(|| RateLimit {
+    last: Default::default(),
+});
+
+impl RateLimit {
+    /// `Some(n)` if this one may be logged, `n` being how many were held back before it.
+    fn admit(&self, op: &'static str, errno: i32) -> Option<u64> {
+        let mut map = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        match map.get_mut(&(op, errno)) {
+            Some(entry) if now.duration_since(entry.0) < Duration::from_secs(1) => {
+                entry.1 += 1;
+                None
+            }
+            Some(entry) => {
+                let held = entry.1;
+                *entry = (now, 0);
+                Some(held)
+            }
+            None => {
+                map.insert((op, errno), (now, 0));
+                Some(0)
+            }
+        }
     }
 }
 
@@ -523,5 +569,28 @@ impl<S: ObjectStore> fuser::Filesystem for FuseAdapter<S> {
         reply: ReplyCreate,
     ) {
         reply.error(Errno::EROFS);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn warnings_are_rate_limited_per_op_and_errno() {
+        let r = RateLimit {
+            last: Default::default(),
+        };
+        assert_eq!(r.admit("read", 5), Some(0));
+        assert_eq!(r.admit("read", 5), None);
+        assert_eq!(r.admit("read", 5), None);
+        // Another op or errno has its own gate.
+        assert_eq!(r.admit("open", 5), Some(0));
+        assert_eq!(r.admit("read", 13), Some(0));
+        // A second later the next one is logged with the count held back.
+        if let Some(e) = r.last.lock().unwrap().get_mut(&("read", 5)) {
+            e.0 -= Duration::from_secs(2);
+        }
+        assert_eq!(r.admit("read", 5), Some(2));
     }
 }
