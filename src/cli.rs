@@ -369,6 +369,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             ));
         }
     };
+    // Longer makes no sense for any option and would overflow clock arithmetic.
+    if d > Duration::from_secs(30 * 24 * 3600) {
+        return Err(format!("{s:?} is too long (at most 30 days)"));
+    }
     Ok(d)
 }
 
@@ -418,6 +422,7 @@ mod tests {
         assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
         assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
         assert!(parse_duration("5 fortnights").is_err());
+        assert!(parse_duration("100000000000h").is_err());
         assert!(parse_part_size("512k").is_err());
     }
 }

@@ -146,6 +146,11 @@ impl Refresher {
     }
 }
 
+/// The most a renewal is moved earlier than the margin: a fifth of it, at most a minute.
+fn max_jitter(margin: Duration) -> Duration {
+    (margin / 5).min(Duration::from_secs(60))
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -205,8 +210,18 @@ impl Inner {
         // Someone else may have renewed while we waited for the lock (or since the timer
         // was set): nothing to do while the current credentials are good enough.
         let good_for = match reason {
-            "expired" => EXPIRY_SAFETY,
-            "scheduled" => self.margin,
+            "expired" => {
+                // Requests queued behind a renewal that just failed get its error instead
+                // of each trying again in turn.
+                if let Some((at, e)) = &*lock(&self.last_failure)
+                    && at.elapsed() < SYNC_RETRY_INTERVAL
+                {
+                    return Err(e.clone());
+                }
+                EXPIRY_SAFETY
+            }
+            // The timer fires up to the largest jitter before the margin: that is on time.
+            "scheduled" => self.margin + max_jitter(self.margin),
             _ => Duration::MAX,
         };
         if let Some(s) = self.current()
@@ -299,9 +314,7 @@ impl Inner {
         if until_margin.is_zero() {
             return left / 2;
         }
-        let max_jitter = (self.margin / 5)
-            .min(Duration::from_secs(60))
-            .min(until_margin / 2);
+        let max_jitter = max_jitter(self.margin).min(until_margin / 2);
         until_margin.saturating_sub(max_jitter.mul_f64(rand::random_range(0.0..=1.0)))
     }
 }

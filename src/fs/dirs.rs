@@ -303,10 +303,14 @@ fn add_page(
 
 type Shared = Option<Result<Arc<Listing>, StoreError>>;
 
+/// Most directory listings kept at once (a walk of a huge tree drops old ones wholesale).
+const DIR_CACHE_MAX: usize = 20_000;
+
 /// Cached listings by directory key, each listed by one request chain at a time: callers
 /// that ask while a listing is under way share its result.
 pub struct DirCache {
     ttl: Duration,
+    sweep_at: std::sync::atomic::AtomicUsize,
     map: Mutex<HashMap<Arc<str>, Arc<Listing>>>,
     inflight: Mutex<HashMap<Arc<str>, watch::Receiver<Shared>>>,
 }
@@ -331,6 +335,7 @@ impl DirCache {
     pub fn new(ttl: Duration) -> Self {
         DirCache {
             ttl,
+            sweep_at: 64.into(),
             map: Mutex::new(HashMap::new()),
             inflight: Mutex::new(HashMap::new()),
         }
@@ -346,10 +351,19 @@ impl DirCache {
 
     pub fn insert(&self, key: Arc<str>, listing: Arc<Listing>) {
         let mut map = lock(&self.map);
-        // Expired listings are only dead weight: drop them as new ones arrive.
-        if map.len() >= 64 {
+        // Expired listings are only dead weight: sweep them when the map has doubled since
+        // the last sweep (not on every insert), and never keep more than a bound.
+        let sweep_at = self.sweep_at.load(std::sync::atomic::Ordering::Relaxed);
+        if map.len() >= sweep_at {
             let ttl = self.ttl;
             map.retain(|_, l| l.fetched.elapsed() < ttl);
+            if map.len() >= DIR_CACHE_MAX {
+                map.clear();
+            }
+            self.sweep_at.store(
+                (map.len() * 2).max(64),
+                std::sync::atomic::Ordering::Relaxed,
+            );
         }
         map.insert(key, listing);
     }

@@ -401,8 +401,21 @@ impl<S: ObjectStore> Fs<S> {
                         .for_each_concurrent(LISTING_PREFETCH_PARALLELISM, |k| {
                             let (store, dirs, hidden) = (&store, &dirs, &hidden);
                             async move {
-                                // A failure here only means the directory is listed on use.
-                                let _ = dirs.get(&**store, &k, hidden).await;
+                                // One page each, kept only when it is the whole directory:
+                                // listing ahead must stay cheap and bounded, whatever lies
+                                // below (a huge subdirectory is listed when it is used). A
+                                // failure here only means the directory is listed on use.
+                                if dirs.fresh(&k).is_some() {
+                                    return;
+                                }
+                                let asked = Instant::now();
+                                if let Ok(page) =
+                                    store.list_page(&k, true, ListFrom::Start, None).await
+                                    && let Some(l) =
+                                        Listing::from_complete_page(&k, &page, asked, hidden)
+                                {
+                                    dirs.insert(k.as_str().into(), Arc::new(l));
+                                }
                             }
                         })
                         .await;
@@ -575,7 +588,8 @@ impl<S: ObjectStore> Fs<S> {
         )
         .await
         {
-            Err(FsError::Stale) => {
+            // NotFound from a GET means the pinned object was deleted: as stale as changed.
+            Err(FsError::Stale | FsError::NotFound) => {
                 // The object changed or vanished: make the next open look again, and drop
                 // blocks of the old version.
                 tracing::warn!(key = %h.key, etag = %h.stat.etag, "object changed since open; read fails");

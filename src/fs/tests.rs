@@ -301,3 +301,16 @@ async fn subdirectories_are_listed_ahead_once_their_parent_is_read() {
         "the probe's page was the listing"
     );
 }
+
+#[tokio::test]
+async fn a_deleted_object_fails_reads_with_eio_not_enoent() {
+    let s = Arc::new(MemoryStore::new());
+    s.put("f", pattern(20_000, 1));
+    let fs = fs_with(s.clone(), small_blocks());
+    let f = fs.lookup(ROOT, "f").await.unwrap();
+    let (fh, _) = fs.open(f.ino, false).await.unwrap();
+    s.delete("f");
+    let e = fs.read(fh, 3 * 4096, 10).await.unwrap_err();
+    assert!(matches!(e, FsError::Stale), "{e:?}");
+    assert_eq!(e.errno(), libc::EIO);
+}
