@@ -556,6 +556,20 @@ impl<S: ObjectStore> Fs<S> {
         Ok((fh, keep_cache))
     }
 
+    /// Attributes of the version an open file handle reads (for fstat).
+    pub fn handle_attr(&self, fh: u64) -> Option<Attr> {
+        let h = lock(&self.files).get(&fh).cloned()?;
+        Some(Attr {
+            ino: h.ino,
+            kind: Kind::File,
+            size: h.stat.size,
+            mtime: h.stat.mtime,
+            perm: self.cfg.file_mode,
+            uid: self.cfg.uid,
+            gid: self.cfg.gid,
+        })
+    }
+
     pub fn release(&self, fh: u64) {
         lock(&self.files).remove(&fh);
     }

@@ -240,6 +240,8 @@ async fn a_changed_object_fails_reads_on_the_old_handle_and_reopens_fresh() {
     assert_eq!(concat(&fs.read(fh, 0, 10).await.unwrap()).len(), 10);
     let new = pattern(30_000, 2);
     s.put("f", new.clone());
+    // fstat of the open file still describes the version it reads.
+    assert_eq!(fs.handle_attr(fh).map(|a| a.size), Some(20_000));
     // Block 0 is cached for the old version; block 3 is not and must not mix versions.
     assert!(matches!(
         fs.read(fh, 3 * 4096, 10).await,

@@ -20,6 +20,10 @@ use crate::fs::inodes::Kind;
 use crate::fs::{Attr, Fs, FsError};
 use crate::store::ObjectStore;
 
+/// Entries prepared per readdir call: more than a kernel page of entries holds, few enough
+/// not to build thousands for each call on a huge directory.
+const READDIR_BATCH: usize = 512;
+
 /// Largest read the kernel may send us (also its readahead unit).
 pub const MAX_READ: u32 = 1 << 20;
 
@@ -224,7 +228,12 @@ impl<S: ObjectStore> fuser::Filesystem for FuseAdapter<S> {
         self.fs.forget(ino.0, nlookup);
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        // fstat of an open file describes the version that file reads.
+        if let Some(a) = fh.and_then(|fh| self.fs.handle_attr(fh.0)) {
+            reply.attr(&self.ttl, &file_attr(&a));
+            return;
+        }
         let (fs, ttl) = (self.fs.clone(), self.ttl);
         self.rt.spawn(async move {
             match fs.getattr(ino.0).await {
@@ -446,7 +455,7 @@ impl<S: ObjectStore> fuser::Filesystem for FuseAdapter<S> {
         mut reply: ReplyDirectory,
     ) {
         // Entries come from the listing taken at opendir: no S3 request here.
-        match self.fs.readdir(fh.0, offset, 4096) {
+        match self.fs.readdir(fh.0, offset, READDIR_BATCH) {
             Ok(entries) => {
                 for e in &entries {
                     let d_ino = self.fs.readdir_ino(fh.0, e);
@@ -471,7 +480,7 @@ impl<S: ObjectStore> fuser::Filesystem for FuseAdapter<S> {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        match self.fs.readdir(fh.0, offset, 4096) {
+        match self.fs.readdir(fh.0, offset, READDIR_BATCH) {
             Ok(entries) => {
                 for e in &entries {
                     let attr = match self.fs.readdirplus_attr(fh.0, e) {
