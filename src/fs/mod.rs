@@ -252,10 +252,12 @@ impl<S: ObjectStore> Fs<S> {
         }
     }
 
-    /// Records an entry as known to the kernel (one lookup reference) and returns its attributes.
-    fn remember(&self, parent: Ino, dir: &Inode, e: &DirEntry) -> Attr {
+    /// Records an entry as known to the kernel (one lookup reference) and returns its
+    /// attributes, trusted until the TTL counted from when S3 said so (`as_of`), so a cached
+    /// listing or an old directory snapshot cannot stretch the TTL.
+    fn remember(&self, parent: Ino, dir: &Inode, e: &DirEntry, as_of: Instant) -> Attr {
         let key = Self::child_key(dir, &e.name, e.kind);
-        let valid_until = Instant::now() + self.cfg.metadata_ttl;
+        let valid_until = as_of + self.cfg.metadata_ttl;
         let mut t = lock(&self.inodes);
         let (ino, node) = t.upsert(parent, &e.name, &key, e.kind, e.stat.clone(), valid_until);
         self.attr_of(ino, node)
@@ -269,7 +271,7 @@ impl<S: ObjectStore> Fs<S> {
         }
         if let Some(listing) = self.dirs.fresh(&dir.key) {
             let e = listing.find(name).ok_or(FsError::NotFound)?;
-            return Ok(self.remember(parent, &dir, e));
+            return Ok(self.remember(parent, &dir, e, listing.fetched));
         }
         let neg_key = (parent, Arc::<str>::from(name));
         if lock(&self.negative)
@@ -278,8 +280,9 @@ impl<S: ObjectStore> Fs<S> {
         {
             return Err(FsError::NotFound);
         }
+        let asked = Instant::now();
         match self.probe(&dir, name).await {
-            Ok(entry) => Ok(self.remember(parent, &dir, &entry)),
+            Ok(entry) => Ok(self.remember(parent, &dir, &entry, asked)),
             Err(FsError::NotFound) => {
                 if !self.cfg.negative_ttl.is_zero() {
                     let mut neg = lock(&self.negative);
@@ -517,7 +520,7 @@ impl<S: ObjectStore> Fs<S> {
             }
             Some(i) => {
                 let dir = self.node(h.ino)?;
-                Ok(self.remember(h.ino, &dir, &h.listing.entries[i]))
+                Ok(self.remember(h.ino, &dir, &h.listing.entries[i], h.listing.fetched))
             }
         }
     }

@@ -316,3 +316,27 @@ async fn a_deleted_object_fails_reads_with_eio_not_enoent() {
     assert!(matches!(e, FsError::Stale), "{e:?}");
     assert_eq!(e.errno(), libc::EIO);
 }
+
+#[tokio::test]
+async fn attributes_from_a_listing_expire_a_ttl_after_the_listing() {
+    let s = Arc::new(MemoryStore::new());
+    s.put("d/f", "old");
+    let cfg = FsConfig {
+        metadata_ttl: Duration::from_millis(300),
+        ..FsConfig::default()
+    };
+    let fs = fs_with(s.clone(), cfg);
+    let d = fs.lookup(ROOT, "d").await.unwrap();
+    names(&fs, d.ino).await; // the listing of d, at t0
+    s.put("d/f", "newer");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Answered from the t0 listing: the old size, trusted only until t0 + TTL.
+    let f = fs.lookup(d.ino, "f").await.unwrap();
+    assert_eq!(f.size, 3);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(
+        fs.getattr(f.ino).await.unwrap().size,
+        5,
+        "stale past t0 + TTL"
+    );
+}
