@@ -10,3 +10,4 @@ pub mod logging;
 pub mod mount;
 pub mod run;
 pub mod store;
+pub mod util;

@@ -9,6 +9,7 @@ use s3_oidc_mount::fs::FsConfig;
 use s3_oidc_mount::mount::{self, MountConfig};
 use s3_oidc_mount::run::RunConfig;
 use s3_oidc_mount::store::s3::S3Options;
+use s3_oidc_mount::util::env_nonempty;
 
 fn main() -> ExitCode {
     // One malloc arena: with one per thread (glibc's default), freed cache blocks linger in
@@ -131,10 +132,6 @@ fn auth_config(a: &AuthArgs, source: &Source, s3_region: &str) -> anyhow::Result
         bucket: source.bucket.clone(),
         prefix: source.prefix.clone(),
     })
-}
-
-fn env_nonempty(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
 fn mount_config(a: &MountArgs) -> anyhow::Result<MountConfig> {

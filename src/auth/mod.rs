@@ -19,6 +19,7 @@ use aws_config::default_provider::credentials::DefaultCredentialsChain;
 use aws_credential_types::provider::SharedCredentialsProvider;
 use aws_types::region::Region;
 
+use crate::util::env_nonempty;
 use refresh::Refresher;
 use sts::{Exchanger, StsConfig};
 use token::{GcpMetadata, TokenFile, TokenSource};
@@ -116,12 +117,14 @@ pub struct Resolved {
 /// Picks the mode and builds the provider; for web identity this performs the first
 /// exchange, so configuration errors surface here, before mounting.
 pub async fn resolve(cfg: &AuthConfig) -> Result<Resolved, AuthError> {
-    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-    let role_arn = cfg.role_arn.clone().or_else(|| env("AWS_ROLE_ARN"));
+    let role_arn = cfg
+        .role_arn
+        .clone()
+        .or_else(|| env_nonempty("AWS_ROLE_ARN"));
     let token_file = cfg
         .token_file
         .clone()
-        .or_else(|| env("AWS_WEB_IDENTITY_TOKEN_FILE").map(PathBuf::from));
+        .or_else(|| env_nonempty("AWS_WEB_IDENTITY_TOKEN_FILE").map(PathBuf::from));
     let gcp = GcpMetadata::new(cfg.metadata_host.clone(), &cfg.audience);
     let mode = match cfg.mode {
         CredentialMode::Auto => {

@@ -19,6 +19,7 @@ use super::AuthError;
 use super::jwt::{IdToken, now_unix};
 use super::sts::{Exchanger, Session, StsError, trust_hint};
 use super::token::TokenSource;
+use crate::util::lock;
 
 /// Credentials this close to expiry are treated as expired (clock skew, request time).
 const EXPIRY_SAFETY: Duration = Duration::from_secs(10);
@@ -149,10 +150,6 @@ impl Refresher {
 /// The most a renewal is moved earlier than the margin: a fifth of it, at most a minute.
 fn max_jitter(margin: Duration) -> Duration {
     (margin / 5).min(Duration::from_secs(60))
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Inner {

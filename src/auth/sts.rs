@@ -209,7 +209,7 @@ pub fn sanitize_session_name(raw: &str) -> String {
 /// The session name that makes CloudTrail entries match the workload: the Cloud Run
 /// revision (or job execution and task) plus the instance id's tail, else the host name.
 pub fn workload_session_name(instance_id: Option<&str>) -> String {
-    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let env = crate::util::env_nonempty;
     let base = if let Some(exec) = env("CLOUD_RUN_EXECUTION") {
         match env("CLOUD_RUN_TASK_INDEX") {
             Some(i) => format!("{exec}.t{i}"),

@@ -49,11 +49,7 @@ impl GcpMetadata {
     /// `host` is `host[:port]` as in `GCE_METADATA_HOST`; `None` uses that variable or the default.
     pub fn new(host: Option<String>, audience: &str) -> Self {
         let host = host
-            .or_else(|| {
-                std::env::var("GCE_METADATA_HOST")
-                    .ok()
-                    .filter(|h| !h.is_empty())
-            })
+            .or_else(|| crate::util::env_nonempty("GCE_METADATA_HOST"))
             .unwrap_or_else(|| DEFAULT_METADATA_HOST.to_string());
         let base = if host.starts_with("http://") || host.starts_with("https://") {
             host.trim_end_matches('/').to_string()

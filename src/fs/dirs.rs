@@ -11,6 +11,7 @@ use futures::StreamExt;
 use tokio::sync::watch;
 
 use crate::store::{ListFrom, ListPage, ObjectStore, StoreError};
+use crate::util::lock;
 
 #[derive(Clone, Debug)]
 pub struct DirEntry {
@@ -315,10 +316,6 @@ pub struct DirCache {
     inflight: Mutex<HashMap<Arc<str>, watch::Receiver<Shared>>>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// Removes the in-flight entry however the listing ends (even if its task is dropped).
 struct InflightGuard<'a> {
     cache: &'a DirCache,
@@ -429,7 +426,7 @@ const HIDDEN_LOG_MAX: usize = 10_000;
 
 impl HiddenLog {
     pub fn hidden(&self, key: &str, why: Hidden) {
-        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let mut seen = lock(&self.seen);
         if seen.len() >= HIDDEN_LOG_MAX {
             tracing::debug!(key, reason = %why, "key hidden");
             return;

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::cache::BlockCache;
 use crate::store::{ListFrom, ObjectStore, StoreError};
+use crate::util::lock;
 use dirs::{DirCache, DirEntry, HiddenLog, Listing};
 use inodes::{Ino, Inode, InodeTable, Kind, ObjStat, ROOT};
 use read::FileHandle;
@@ -167,11 +168,6 @@ const PROBE_LIST_KEYS: i32 = 100;
 /// Subdirectory listings fetched at once when listing ahead (small requests: the server
 /// handles many in parallel).
 const LISTING_PREFETCH_PARALLELISM: usize = 16;
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Critical sections here do not panic half-way; a poisoned lock still holds valid state.
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 impl<S: ObjectStore> Fs<S> {
     pub fn new(store: Arc<S>, cfg: FsConfig, cache: Arc<BlockCache>) -> Arc<Self> {

@@ -149,10 +149,6 @@ impl RateLimit {
 }
 
 fn file_attr(a: &Attr) -> FileAttr {
-    let kind = match a.kind {
-        Kind::File => FileType::RegularFile,
-        Kind::Dir => FileType::Directory,
-    };
     FileAttr {
         ino: INodeNo(a.ino),
         size: a.size,
@@ -161,7 +157,7 @@ fn file_attr(a: &Attr) -> FileAttr {
         mtime: a.mtime,
         ctime: a.mtime,
         crtime: a.mtime,
-        kind,
+        kind: file_type(a.kind),
         perm: a.perm,
         nlink: if a.kind == Kind::Dir { 2 } else { 1 },
         uid: a.uid,
