@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Runs every test on a fresh Debian/Ubuntu machine (as root): installs FUSE and Ceph RGW
 # if missing, starts a throwaway S3 server on 127.0.0.1, checks formatting and lints, runs
-# the unit and integration tests (real FUSE mounts against the real server), stops the server.
+# the unit and integration tests (real FUSE mounts against the real server), then the
+# container tests: lints the Dockerfiles, starts a local Docker engine, builds the image and
+# the example app image, and runs them against the same server. Stops what it started.
 #
 #   scripts/test.sh [extra cargo test args]
 #
-# Environment: TEST_RGW_PORT / TEST_RGW_MON_PORT (default 17480 / 17789).
+# Environment: TEST_RGW_PORT / TEST_RGW_MON_PORT (default 17480 / 17789);
+# S3OM_SKIP_CONTAINER=1 skips the container tests (they are also skipped, with a message,
+# when the Docker engine cannot start on this machine).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,7 +21,11 @@ command -v cargo >/dev/null || { log "error: cargo not found; install Rust (http
 scripts/rgw.sh install
 
 state=$(mktemp -u /tmp/s3om-test-rgw.XXXXXX)
-cleanup() { scripts/rgw.sh stop "$state" || true; }
+docker_state=$(mktemp -u /tmp/s3om-test-docker.XXXXXX)
+cleanup() {
+    scripts/container.sh engine-stop "$docker_state" || true
+    scripts/rgw.sh stop "$state" || true
+}
 trap cleanup EXIT
 RGW_PORT=${TEST_RGW_PORT:-17480} RGW_MON_PORT=${TEST_RGW_MON_PORT:-17789} scripts/rgw.sh start "$state" >/dev/null
 # shellcheck disable=SC1091
@@ -32,4 +40,25 @@ log "cargo clippy"
 cargo clippy --locked --all-targets -- -D warnings
 log "cargo test"
 cargo test --locked --all-targets "$@"
+
+container_tests() {
+    if [[ ${S3OM_SKIP_CONTAINER:-} == 1 ]]; then
+        log "SKIPPED the container tests (S3OM_SKIP_CONTAINER=1)"
+        return 0
+    fi
+    log "container tests: hadolint, Docker engine, images"
+    scripts/container.sh install
+    scripts/container.sh lint
+    if ! scripts/container.sh engine-start "$docker_state"; then
+        log "SKIPPED the container tests: the Docker engine cannot start on this machine"
+        return 0
+    fi
+    scripts/container.sh base-images
+    BUILD_LOG=$docker_state/build.log scripts/container.sh build s3-oidc-mount:test
+    DOCKER_BUILDKIT=1 /usr/bin/docker build -q --network host -t s3-oidc-mount-app:test \
+        --build-arg MOUNT_IMAGE=s3-oidc-mount:test docs/app-image >/dev/null
+    S3OM_TEST_IMAGE=s3-oidc-mount:test S3OM_TEST_APP_IMAGE=s3-oidc-mount-app:test \
+        cargo test --locked --test container -- --ignored --nocapture
+}
+container_tests
 log "all tests passed"

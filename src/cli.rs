@@ -74,6 +74,12 @@ pub struct RunArgs {
     #[arg(long, env = "S3_OIDC_MOUNT_GRACE_PERIOD", default_value = "8s", value_parser = parse_duration)]
     pub grace_period: Duration,
 
+    /// Start the app as this user (USER[:GROUP], names or numeric ids) while the daemon keeps
+    /// root to mount; implies --allow-other, and files are owned by that user unless
+    /// --uid/--gid say otherwise.
+    #[arg(long, env = "S3_OIDC_MOUNT_APP_USER", value_name = "USER[:GROUP]")]
+    pub app_user: Option<String>,
+
     /// The app to run, after `--`.
     #[arg(last = true, required = true, value_name = "APP")]
     pub command: Vec<std::ffi::OsString>,

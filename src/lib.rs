@@ -10,4 +10,5 @@ pub mod logging;
 pub mod mount;
 pub mod run;
 pub mod store;
+pub mod user;
 pub mod util;

@@ -57,8 +57,28 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             })?;
         }
         Command::Run(args) => {
+            let app_user = match &args.app_user {
+                Some(spec) => {
+                    // SAFETY: geteuid cannot fail.
+                    if unsafe { libc::geteuid() } != 0 {
+                        anyhow::bail!(
+                            "--app-user needs the daemon to run as root (it switches user only for the app)"
+                        );
+                    }
+                    Some(s3_oidc_mount::user::resolve(spec)?)
+                }
+                None => None,
+            };
+            let mut mount = mount_config(&args.mount)?;
+            if let Some(u) = &app_user {
+                // The app must be able to reach the mount and own what it reads.
+                mount.allow_other = true;
+                mount.fs.uid = args.mount.uid.unwrap_or(u.uid);
+                mount.fs.gid = args.mount.gid.unwrap_or(u.gid);
+            }
             let cfg = RunConfig {
-                mount: mount_config(&args.mount)?,
+                mount,
+                app_user,
                 command: args.command.clone(),
                 ready_file: args.ready_file.clone(),
                 ready_timeout: args.ready_timeout,

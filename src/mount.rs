@@ -237,6 +237,11 @@ pub struct Prepared {
 pub async fn prepare(cfg: MountConfig) -> Result<Prepared, MountError> {
     let started = Instant::now();
     let mountpoint = check_mountpoint(&cfg.mountpoint)?;
+    // Before credentials and S3: a container started without FUSE fails in milliseconds.
+    check_fuse_access().map_err(|why| MountError::Fuse {
+        path: mountpoint.clone(),
+        why,
+    })?;
     let creds = auth::resolve(&cfg.auth).await?;
     let store = Arc::new(S3Store::new(
         &cfg.s3,
@@ -354,6 +359,42 @@ fn set_kernel_readahead(mountpoint: &Path, bytes: u64) {
             tracing::debug!(path, error = %e, "cannot set kernel readahead; the kernel default applies")
         }
     }
+}
+
+/// Whether this process can mount FUSE at all: /dev/fuse present and openable, and, when
+/// running as root (so no setuid fusermount3 is involved), CAP_SYS_ADMIN held.
+fn check_fuse_access() -> Result<(), String> {
+    const CAP_SYS_ADMIN: u32 = 21;
+    if let Err(e) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+    {
+        return Err(match e.raw_os_error() {
+            Some(libc::ENOENT) => {
+                "/dev/fuse is missing: load the fuse module, or run the container \
+                with --device /dev/fuse (on Cloud Run: the gen2 execution environment)"
+                    .into()
+            }
+            _ => format!("cannot open /dev/fuse: {e} (in Docker: --device /dev/fuse)"),
+        });
+    }
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let eff = status
+            .lines()
+            .find_map(|l| l.strip_prefix("CapEff:"))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok());
+        if eff.is_some_and(|caps| caps & (1 << CAP_SYS_ADMIN) == 0) {
+            return Err(
+                "running as root without CAP_SYS_ADMIN, which mounting needs \
+                (in Docker: --cap-add SYS_ADMIN; on Cloud Run: the gen2 execution environment)"
+                    .into(),
+            );
+        }
+    }
+    Ok(())
 }
 
 fn explain_mount_error(e: &std::io::Error) -> String {

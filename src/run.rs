@@ -3,6 +3,7 @@
 //! status. Works as PID 1: orphaned processes are reaped.
 
 use std::ffi::OsString;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -10,12 +11,15 @@ use std::time::{Duration, Instant};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::mount::{self, MountConfig, MountError, Mounted};
+use crate::user::AppUser;
 
 #[derive(Clone, Debug)]
 pub struct RunConfig {
     pub mount: MountConfig,
     /// The app and its arguments.
     pub command: Vec<OsString>,
+    /// Who the app runs as (None: as the daemon).
+    pub app_user: Option<AppUser>,
     /// Created once the mount answers, removed at unmount (for other container tooling).
     pub ready_file: Option<PathBuf>,
     /// How long the mount may take to answer a `stat` of its root.
@@ -74,7 +78,7 @@ pub async fn run(cfg: RunConfig) -> Result<u8, RunError> {
     unsafe {
         libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
     }
-    let status = match spawn(&cfg.command) {
+    let status = match spawn(&cfg.command, cfg.app_user.as_ref()) {
         Ok(pid) => {
             tracing::info!(pid, app = %command_line(&cfg.command), "app started");
             supervise(pid, &cfg, &mut term, &mut int, &mut hup, &mut chld).await
@@ -123,19 +127,32 @@ fn command_line(cmd: &[OsString]) -> String {
         .join(" ")
 }
 
-fn spawn(cmd: &[OsString]) -> Result<i32, RunError> {
+fn spawn(cmd: &[OsString], user: Option<&AppUser>) -> Result<i32, RunError> {
     let (app, args) = cmd.split_first().ok_or_else(|| RunError::Spawn {
         app: String::new(),
         why: "no command given after --".into(),
     })?;
     // Inherits stdio and environment (which holds no secret: credentials live in memory).
-    let child = Command::new(app)
-        .args(args)
-        .spawn()
-        .map_err(|e| RunError::Spawn {
-            app: app.to_string_lossy().into_owned(),
-            why: e.to_string(),
-        })?;
+    let mut command = Command::new(app);
+    command.args(args);
+    if let Some(u) = user {
+        if let Some(name) = &u.name {
+            command.env("USER", name).env("LOGNAME", name);
+        }
+        if let Some(home) = &u.home {
+            command.env("HOME", home);
+        }
+        let u = u.clone();
+        // SAFETY: `switch` makes only async-signal-safe syscalls, as required between
+        // fork and exec.
+        unsafe {
+            command.pre_exec(move || u.switch());
+        }
+    }
+    let child = command.spawn().map_err(|e| RunError::Spawn {
+        app: app.to_string_lossy().into_owned(),
+        why: e.to_string(),
+    })?;
     // The child is reaped with waitpid below (we may be PID 1 and must reap orphans too),
     // so the std handle is dropped without waiting.
     Ok(child.id() as i32)

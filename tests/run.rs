@@ -28,6 +28,12 @@ struct Wrapped {
 /// Starts `s3-oidc-mount run [extra] s3://B DIR/mnt -- APP...`.
 fn start(extra: &[&str], app: &[&str]) -> Wrapped {
     let dir = tempfile::tempdir().unwrap();
+    // Open to all, so an app started as another user (--app-user) can reach the mount.
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
     let mnt = dir.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
     let mut args: Vec<String> = vec!["run".into()];
@@ -96,6 +102,45 @@ fn the_app_reads_the_mount_and_its_exit_status_comes_back() {
     assert_eq!(code, Some(3), "stderr:\n{err}");
     assert!(out.contains("hello from s3"), "{out}");
     assert!(out.contains(&want), "{out}");
+}
+
+#[test]
+fn the_app_runs_as_the_app_user_and_reads_the_mount() {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        panic!("this test switches users: run the tests as root (scripts/test.sh does)");
+    }
+    let want = sha256(&random_bytes(3 << 20, 9));
+    let w = start(
+        &["--app-user", "nobody"],
+        &[
+            "sh",
+            "-c",
+            "id -u; id -g; echo HOME=$HOME USER=$USER; stat -c '%u:%g %a' MNT/data/blob.bin; \
+             sha256sum MNT/data/blob.bin; touch MNT/x 2>&1; exit 0",
+        ],
+    );
+    let (code, out, err, _d) = w.finish(Duration::from_secs(60));
+    assert_eq!(code, Some(0), "stderr:\n{err}");
+    let nobody = s3_oidc_mount::user::resolve("nobody").unwrap();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], nobody.uid.to_string(), "{out}");
+    assert_eq!(lines[1], nobody.gid.to_string(), "{out}");
+    assert!(lines[2].contains("USER=nobody"), "{out}");
+    // Files belong to the app's user (reachable through allow_other), read-only.
+    assert_eq!(
+        lines[3],
+        format!("{}:{} 444", nobody.uid, nobody.gid),
+        "{out}"
+    );
+    assert!(out.contains(&want), "{out}");
+    assert!(out.contains("Read-only file system"), "{out}");
+
+    // An unknown user is refused before anything is mounted or started.
+    let w = start(&["--app-user", "no-such-user-xyz"], &["true"]);
+    let (code, _, err, _d) = w.finish(Duration::from_secs(60));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("no user named \"no-such-user-xyz\""), "{err}");
 }
 
 #[test]
