@@ -137,7 +137,7 @@ build() {
 lint() {
     local h=$HADOLINT_VENV/bin/hadolint
     [[ -x $h ]] || h=$(command -v hadolint) || die "hadolint not installed (scripts/container.sh install)"
-    "$h" Dockerfile examples/container/Dockerfile
+    "$h" Dockerfile docs/app-image/Dockerfile
     log "hadolint: clean"
 }
 
