@@ -11,7 +11,7 @@ use futures::StreamExt;
 use tokio::sync::watch;
 
 use crate::store::{ListFrom, ListPage, ObjectStore, StoreError};
-use crate::util::lock;
+use crate::util::{RateLimit, lock};
 
 #[derive(Clone, Debug)]
 pub struct DirEntry {
@@ -415,14 +415,26 @@ impl DirCache {
     }
 }
 
-/// Warns once per hidden key, and stops remembering keys after a bound so a namespace
-/// full of bad keys cannot grow memory without limit.
-#[derive(Default)]
+/// Warns once per hidden key, at most `HIDDEN_WARNINGS_PER_SECOND` a second (a listing of
+/// thousands of bad keys would flood the log; the next warning says how many were held back,
+/// and each one is still logged at debug), and stops remembering keys after a bound so a
+/// namespace full of bad keys cannot grow memory without limit.
 pub struct HiddenLog {
     seen: Mutex<HashSet<String>>,
+    limit: RateLimit<()>,
+}
+
+impl Default for HiddenLog {
+    fn default() -> Self {
+        HiddenLog {
+            seen: Mutex::default(),
+            limit: RateLimit::new(HIDDEN_WARNINGS_PER_SECOND),
+        }
+    }
 }
 
 const HIDDEN_LOG_MAX: usize = 10_000;
+const HIDDEN_WARNINGS_PER_SECOND: u64 = 10;
 
 impl HiddenLog {
     pub fn hidden(&self, key: &str, why: Hidden) {
@@ -432,7 +444,16 @@ impl HiddenLog {
             return;
         }
         if seen.insert(key.to_string()) {
-            tracing::warn!(key, reason = %why, "key hidden: it cannot be shown as a file or directory");
+            drop(seen);
+            match self.limit.admit(()) {
+                Some(suppressed) => tracing::warn!(
+                    key,
+                    reason = %why,
+                    suppressed,
+                    "key hidden: it cannot be shown as a file or directory"
+                ),
+                None => tracing::debug!(key, reason = %why, "key hidden"),
+            }
         }
     }
 }
