@@ -7,6 +7,7 @@ pub mod cli;
 pub mod fs;
 pub mod fuse;
 pub mod logging;
+pub mod metrics;
 pub mod mount;
 pub mod run;
 pub mod store;

@@ -199,6 +199,26 @@ impl<S: ObjectStore> Fs<S> {
         lock(&self.inodes).len()
     }
 
+    /// For logs: the path of `ino` inside the mount (`/` for the root), with `name` appended
+    /// if given; an inode no longer known shows as `<inode N>`.
+    pub fn describe(&self, ino: Ino, name: Option<&str>) -> String {
+        let key = lock(&self.inodes).get(ino).map(|i| i.key.clone());
+        let mut s = match key {
+            Some(key) => {
+                let rel = key.strip_prefix(self.cfg.prefix.as_str()).unwrap_or(&key);
+                format!("/{}", rel.trim_end_matches('/'))
+            }
+            None => format!("<inode {ino}>"),
+        };
+        if let Some(n) = name {
+            if !s.ends_with('/') {
+                s.push('/');
+            }
+            s.push_str(n);
+        }
+        s
+    }
+
     fn attr_of(&self, ino: Ino, node: &Inode) -> Attr {
         match (&node.kind, &node.stat) {
             (Kind::File, Some(st)) => Attr {

@@ -146,6 +146,9 @@ pub async fn read<S: ObjectStore>(
     for index in prefetch_from..=prefetch_to {
         match cache.claim(&block_key(h, index), block_len(index), true) {
             Claim::Fetch(slot) => {
+                crate::metrics::READ
+                    .prefetch_bytes
+                    .add(block_len(index) as u64);
                 run.push(slot);
                 if run.len() as u64 >= part_blocks {
                     spawn_run(store, cfg, h, &mut run);
@@ -256,6 +259,7 @@ async fn fetch_run<S: ObjectStore>(
         match fetch_once(store, h, bs, &mut slots).await {
             Ok(()) => return,
             Err(e) if e.is_retryable() && attempt < attempts => {
+                crate::metrics::READ.ranged_get_retries.inc();
                 let backoff = backoff(attempt);
                 tracing::warn!(key = %h.key, attempt, error = %e, ?backoff, "ranged GET failed, retrying");
                 tokio::time::sleep(backoff).await;

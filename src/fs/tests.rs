@@ -70,6 +70,12 @@ async fn nested_directories_and_prefix_stripping() {
         Err(FsError::NotFound)
     ));
     assert!(matches!(fs.lookup(ROOT, "x").await, Err(FsError::NotFound)));
+    // Paths for logs are relative to the mount, without the prefix.
+    assert_eq!(fs.describe(ROOT, None), "/");
+    assert_eq!(fs.describe(ROOT, Some("missing")), "/missing");
+    assert_eq!(fs.describe(b.ino, Some("zz")), "/a/b/zz");
+    assert_eq!(fs.describe(c.ino, None), "/a/b/c.txt");
+    assert_eq!(fs.describe(9999, Some("n")), "<inode 9999>/n");
 }
 
 #[tokio::test]

@@ -4,8 +4,8 @@
 use std::ffi::OsStr;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::sync::{Arc, LazyLock, OnceLock};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -18,7 +18,9 @@ use fuser::{
 
 use crate::fs::inodes::Kind;
 use crate::fs::{Attr, Fs, FsError};
+use crate::metrics::{self, FuseOp};
 use crate::store::ObjectStore;
+use crate::util::RateLimit;
 
 /// Entries prepared per readdir call: more than a kernel page of entries holds, few enough
 /// not to build thousands for each call on a huge directory.
@@ -92,60 +94,33 @@ fn errno(e: &FsError) -> Errno {
     Errno::from_i32(e.errno())
 }
 
-/// Logs a failed request once, at a level that matches how surprising it is.
-/// Logs a failed request. Expected answers (ENOENT, EROFS, ...) go to debug; real failures
-/// to warn, at most once a second per operation and errno (an outage would otherwise log
-/// every request), with the number of failures not logged since.
-fn log_error(op: &'static str, ino: u64, e: &FsError) {
-    match e {
-        FsError::NotFound | FsError::ReadOnly | FsError::NotDir | FsError::IsDir => {
-            tracing::debug!(op, ino, error = %e, "request failed")
-        }
-        _ => {
-            if let Some(suppressed) = WARN_LIMIT.admit(op, e.errno()) {
-                tracing::warn!(op, ino, errno = e.errno(), error = %e, suppressed, "request failed");
-            } else {
-                tracing::debug!(op, ino, errno = e.errno(), error = %e, "request failed");
-            }
-        }
+/// Logs a failed request, once, with its path (or inode and name), operation and errno.
+/// Expected answers (ENOENT, EROFS, ...) go to debug; failures to warn, at most once a second
+/// per operation and errno (an outage would otherwise log every request), with the number
+/// of failures held back since.
+fn log_error(op: FuseOp, path: &str, e: &FsError) {
+    let errno = e.errno();
+    if !metrics::is_failure(errno) {
+        tracing::debug!(op = op.label(), path, errno, error = %e, "request failed");
+    } else if let Some(suppressed) = WARN_LIMIT.admit((op.label(), errno)) {
+        tracing::warn!(op = op.label(), path, errno, error = %e, suppressed, "request failed");
+    } else {
+        tracing::debug!(op = op.label(), path, errno, error = %e, "request failed");
     }
 }
 
-/// (operation, errno).
-type GateKey = (&'static str, i32);
-/// When the last warning was logged, and how many were held back since.
-type Gate = (std::time::Instant, u64);
+/// One warning a second per (operation, errno).
+static WARN_LIMIT: LazyLock<RateLimit<(&'static str, i32)>> = LazyLock::new(|| RateLimit::new(1));
 
-/// A once-a-second gate per (operation, errno).
-struct RateLimit {
-    last: std::sync::Mutex<std::collections::HashMap<GateKey, Gate>>,
+/// Counts an answered request in the metrics; `errno` 0 for success.
+fn done(op: FuseOp, started: Instant, errno: i32) {
+    metrics::FUSE.record(op, started.elapsed(), errno);
 }
 
-static WARN_LIMIT: std::sync::LazyLock<RateLimit> = std::sync::LazyLock::new(|| RateLimit {
-    last: Default::default(),
-});
-
-impl RateLimit {
-    /// `Some(n)` if this one may be logged, `n` being how many were held back before it.
-    fn admit(&self, op: &'static str, errno: i32) -> Option<u64> {
-        let mut map = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        let now = std::time::Instant::now();
-        match map.get_mut(&(op, errno)) {
-            Some(entry) if now.duration_since(entry.0) < Duration::from_secs(1) => {
-                entry.1 += 1;
-                None
-            }
-            Some(entry) => {
-                let held = entry.1;
-                *entry = (now, 0);
-                Some(held)
-            }
-            None => {
-                map.insert((op, errno), (now, 0));
-                Some(0)
-            }
-        }
-    }
+/// Answers a write-like request: the mount is read-only.
+fn read_only(op: FuseOp, started: Instant) -> Errno {
+    done(op, started, libc::EROFS);
+    Errno::EROFS
 }
 
 fn file_attr(a: &Attr) -> FileAttr {
@@ -189,15 +164,20 @@ impl<S: ObjectStore> fuser::Filesystem for FuseAdapter<S> {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let t0 = Instant::now();
         let Some(name) = name.to_str().map(str::to_owned) else {
             // Keys are UTF-8: a non-UTF-8 name cannot exist.
+            done(FuseOp::Lookup, t0, libc::ENOENT);
             reply.error(Errno::ENOENT);
             return;
         };
         let (fs, ttl, neg_ttl) = (self.fs.clone(), self.ttl, self.negative_ttl);
         self.rt.spawn(async move {
             match fs.lookup(parent.0, &name).await {
-                Ok(a) => reply.entry(&ttl, &file_attr(&a), Generation(0)),
+                Ok(a) => {
+                    done(FuseOp::Lookup, t0, 0);
+                    reply.entry(&ttl, &file_attr(&a), Generation(0))
+                }
                 // Inode 0 is a negative entry: the kernel remembers the name is missing.
                 Err(FsError::NotFound) if !neg_ttl.is_zero() => {
                     let mut none = file_attr(&Attr {
@@ -210,10 +190,12 @@ impl<S: ObjectStore> fuser::Filesystem for FuseAdapter<S> {
                         gid: 0,
                     });
                     none.ino = INodeNo(0);
+                    done(FuseOp::Lookup, t0, libc::ENOENT);
                     reply.entry(&neg_ttl, &none, Generation(0))
                 }
                 Err(e) => {
-                    log_error("lookup", parent.0, &e);
+                    done(FuseOp::Lookup, t0, e.errno());
+                    log_error(FuseOp::Lookup, &fs.describe(parent.0, Some(&name)), &e);
                     reply.error(errno(&e))
                 }
             }
@@ -225,17 +207,23 @@ impl<S: ObjectStore> fuser::Filesystem for FuseAdapter<S> {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        let t0 = Instant::now();
         // fstat of an open file describes the version that file reads.
         if let Some(a) = fh.and_then(|fh| self.fs.handle_attr(fh.0)) {
+            done(FuseOp::Getattr, t0, 0);
             reply.attr(&self.ttl, &file_attr(&a));
             return;
         }
         let (fs, ttl) = (self.fs.clone(), self.ttl);
         self.rt.spawn(async move {
             match fs.getattr(ino.0).await {
-                Ok(a) => reply.attr(&ttl, &file_attr(&a)),
+                Ok(a) => {
+                    done(FuseOp::Getattr, t0, 0);
+                    reply.attr(&ttl, &file_attr(&a))
+                }
                 Err(e) => {
-                    log_error("getattr", ino.0, &e);
+                    done(FuseOp::Getattr, t0, e.errno());
+                    log_error(FuseOp::Getattr, &fs.describe(ino.0, None), &e);
                     reply.error(errno(&e))
                 }
             }
@@ -260,7 +248,7 @@ impl<S: ObjectStore> fuser::Filesystem for FuseAdapter<S> {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        reply.error(Errno::EROFS);
+        reply.error(read_only(FuseOp::Write, Instant::now()));
     }
 
     fn mknod(
@@ -273,7 +261,7 @@ impl<S: ObjectStore> fuser::Filesystem for FuseAdapter<S> {
         _rdev: u32,
         reply: ReplyEntry,
     ) {
-        reply.error(Errno::EROFS);
+        reply.error(read_only(FuseOp::Write, Instant::now()));
     }
 
     fn mkdir(
@@ -285,15 +273,15 @@ impl<S: ObjectStore> fuser::Filesystem for FuseAdapter<S> {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        reply.error(Errno::EROFS);
+        reply.error(read_only(FuseOp::Write, Instant::now()));
     }
 
     fn unlink(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(Errno::EROFS);
+        reply.error(read_only(FuseOp::Write, Instant::now()));
     }
 
     fn rmdir(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(Errno::EROFS);
+        reply.error(read_only(FuseOp::Write, Instant::now()));
     }
 
     fn symlink(
@@ -304,7 +292,7 @@ impl<S: ObjectStore> fuser::Filesystem for FuseAdapter<S> {
         _target: &Path,
         reply: ReplyEntry,
     ) {
-        reply.error(Errno::EROFS);
+        reply.error(read_only(FuseOp::Write, Instant::now()));
     }
 
     fn rename(
@@ -317,7 +305,7 @@ impl<S: ObjectStore> fuser::Filesystem for FuseAdapter<S> {
         _flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        reply.error(Errno::EROFS);
+        reply.error(read_only(FuseOp::Write, Instant::now()));
     }
 
     fn link(
@@ -328,15 +316,17 @@ impl<S: ObjectStore> fuser::Filesystem for FuseAdapter<S> {
         _newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        reply.error(Errno::EROFS);
+        reply.error(read_only(FuseOp::Write, Instant::now()));
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let t0 = Instant::now();
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
         let fs = self.fs.clone();
         self.rt.spawn(async move {
             match fs.open(ino.0, write).await {
                 Ok((fh, keep_cache)) => {
+                    done(FuseOp::Open, t0, 0);
                     let mut f = FopenFlags::empty();
                     if keep_cache {
                         f |= FopenFlags::FOPEN_KEEP_CACHE;
@@ -344,7 +334,8 @@ impl<S: ObjectStore> fuser::Filesystem for FuseAdapter<S> {
                     reply.opened(FileHandle(fh), f)
                 }
                 Err(e) => {
-                    log_error("open", ino.0, &e);
+                    done(FuseOp::Open, t0, e.errno());
+                    log_error(FuseOp::Open, &fs.describe(ino.0, None), &e);
                     reply.error(errno(&e))
                 }
             }
@@ -362,11 +353,21 @@ impl<S: ObjectStore> fuser::Filesystem for FuseAdapter<S> {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        let t0 = Instant::now();
         let fs = self.fs.clone();
         let unique = req.unique().0;
         let reply_fd = self.reply_fd.clone();
         self.rt.spawn(async move {
-            match fs.read(fh.0, offset, size).await {
+            let result = fs.read(fh.0, offset, size).await;
+            match &result {
+                Ok(parts) => {
+                    done(FuseOp::Read, t0, 0);
+                    let n: usize = parts.iter().map(Bytes::len).sum();
+                    metrics::FUSE.bytes_served.add(n as u64);
+                }
+                Err(e) => done(FuseOp::Read, t0, e.errno()),
+            }
+            match result {
                 Ok(parts) => match reply_fd.get() {
                     Some(fd) => match write_read_reply(fd, unique, &parts) {
                         // Answered: fuser's reply must not answer again (it would send EIO
@@ -382,7 +383,7 @@ impl<S: ObjectStore> fuser::Filesystem for FuseAdapter<S> {
                     None => reply.data(&crate::fs::read::concat(&parts)),
                 },
                 Err(e) => {
-                    log_error("read", ino.0, &e);
+                    log_error(FuseOp::Read, &fs.describe(ino.0, None), &e);
                     reply.error(errno(&e))
                 }
             }
@@ -401,7 +402,7 @@ impl<S: ObjectStore> fuser::Filesystem for FuseAdapter<S> {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        reply.error(Errno::EROFS);
+        reply.error(read_only(FuseOp::Write, Instant::now()));
     }
 
     fn flush(
@@ -412,6 +413,7 @@ impl<S: ObjectStore> fuser::Filesystem for FuseAdapter<S> {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        done(FuseOp::Flush, Instant::now(), 0);
         reply.ok();
     }
 
@@ -425,17 +427,24 @@ impl<S: ObjectStore> fuser::Filesystem for FuseAdapter<S> {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        let t0 = Instant::now();
         self.fs.release(fh.0);
+        done(FuseOp::Release, t0, 0);
         reply.ok();
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let t0 = Instant::now();
         let fs = self.fs.clone();
         self.rt.spawn(async move {
             match fs.opendir(ino.0).await {
-                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+                Ok(fh) => {
+                    done(FuseOp::Opendir, t0, 0);
+                    reply.opened(FileHandle(fh), FopenFlags::empty())
+                }
                 Err(e) => {
-                    log_error("opendir", ino.0, &e);
+                    done(FuseOp::Opendir, t0, e.errno());
+                    log_error(FuseOp::Opendir, &fs.describe(ino.0, None), &e);
                     reply.error(errno(&e))
                 }
             }
@@ -450,6 +459,7 @@ impl<S: ObjectStore> fuser::Filesystem for FuseAdapter<S> {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        let t0 = Instant::now();
         // Entries come from the listing taken at opendir: no S3 request here.
         match self.fs.readdir(fh.0, offset, READDIR_BATCH) {
             Ok(entries) => {
@@ -459,10 +469,12 @@ impl<S: ObjectStore> fuser::Filesystem for FuseAdapter<S> {
                         break;
                     }
                 }
+                done(FuseOp::Readdir, t0, 0);
                 reply.ok();
             }
             Err(e) => {
-                log_error("readdir", ino.0, &e);
+                done(FuseOp::Readdir, t0, e.errno());
+                log_error(FuseOp::Readdir, &self.fs.describe(ino.0, None), &e);
                 reply.error(errno(&e));
             }
         }
@@ -476,13 +488,19 @@ impl<S: ObjectStore> fuser::Filesystem for FuseAdapter<S> {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        let t0 = Instant::now();
         match self.fs.readdir(fh.0, offset, READDIR_BATCH) {
             Ok(entries) => {
                 for e in &entries {
                     let attr = match self.fs.readdirplus_attr(fh.0, e) {
                         Ok(a) => a,
                         Err(err) => {
-                            log_error("readdirplus", ino.0, &err);
+                            // One entry left out; the request itself succeeds.
+                            log_error(
+                                FuseOp::Readdirplus,
+                                &self.fs.describe(ino.0, Some(&e.name)),
+                                &err,
+                            );
                             continue;
                         }
                     };
@@ -502,10 +520,12 @@ impl<S: ObjectStore> fuser::Filesystem for FuseAdapter<S> {
                         break;
                     }
                 }
+                done(FuseOp::Readdirplus, t0, 0);
                 reply.ok();
             }
             Err(e) => {
-                log_error("readdirplus", ino.0, &e);
+                done(FuseOp::Readdirplus, t0, e.errno());
+                log_error(FuseOp::Readdirplus, &self.fs.describe(ino.0, None), &e);
                 reply.error(errno(&e));
             }
         }
@@ -519,13 +539,16 @@ impl<S: ObjectStore> fuser::Filesystem for FuseAdapter<S> {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
+        let t0 = Instant::now();
         self.fs.releasedir(fh.0);
+        done(FuseOp::Releasedir, t0, 0);
         reply.ok();
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         // S3 has no capacity; report a large, full, read-only volume so `df` works.
         let bsize = 4096u32;
+        done(FuseOp::Statfs, Instant::now(), 0);
         reply.statfs(1 << 40, 0, 0, 1 << 30, 0, bsize, 255, bsize);
     }
 
@@ -539,10 +562,12 @@ impl<S: ObjectStore> fuser::Filesystem for FuseAdapter<S> {
         _size: u32,
         reply: ReplyXattr,
     ) {
+        done(FuseOp::Xattr, Instant::now(), libc::ENOSYS);
         reply.error(Errno::ENOSYS);
     }
 
     fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: ReplyXattr) {
+        done(FuseOp::Xattr, Instant::now(), libc::ENOSYS);
         reply.error(Errno::ENOSYS);
     }
 
@@ -556,11 +581,11 @@ impl<S: ObjectStore> fuser::Filesystem for FuseAdapter<S> {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        reply.error(Errno::EROFS);
+        reply.error(read_only(FuseOp::Write, Instant::now()));
     }
 
     fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(Errno::EROFS);
+        reply.error(read_only(FuseOp::Write, Instant::now()));
     }
 
     fn create(
@@ -573,29 +598,6 @@ impl<S: ObjectStore> fuser::Filesystem for FuseAdapter<S> {
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        reply.error(Errno::EROFS);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn warnings_are_rate_limited_per_op_and_errno() {
-        let r = RateLimit {
-            last: Default::default(),
-        };
-        assert_eq!(r.admit("read", 5), Some(0));
-        assert_eq!(r.admit("read", 5), None);
-        assert_eq!(r.admit("read", 5), None);
-        // Another op or errno has its own gate.
-        assert_eq!(r.admit("open", 5), Some(0));
-        assert_eq!(r.admit("read", 13), Some(0));
-        // A second later the next one is logged with the count held back.
-        if let Some(e) = r.last.lock().unwrap().get_mut(&("read", 5)) {
-            e.0 -= Duration::from_secs(2);
-        }
-        assert_eq!(r.admit("read", 5), Some(2));
+        reply.error(read_only(FuseOp::Write, Instant::now()));
     }
 }

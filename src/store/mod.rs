@@ -1,6 +1,7 @@
 //! Object storage behind a small trait, so the filesystem can be tested without S3.
 
 pub mod memory;
+mod observe;
 pub mod s3;
 
 use std::future::Future;

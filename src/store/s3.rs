@@ -48,6 +48,7 @@ impl S3Store {
             .force_path_style(opts.force_path_style)
             .retry_config(RetryConfig::standard().with_max_attempts(opts.max_attempts.max(1)))
             .timeout_config(timeouts)
+            .interceptor(super::observe::MetricsInterceptor)
             .stalled_stream_protection(
                 aws_sdk_s3::config::StalledStreamProtectionConfig::enabled()
                     .grace_period(Duration::from_secs(10))
@@ -235,7 +236,10 @@ impl ObjectStore for S3Store {
         let stream = futures::stream::unfold(body, |mut body| async move {
             match body.next().await {
                 None => None,
-                Some(Ok(b)) => Some((Ok(b), body)),
+                Some(Ok(b)) => {
+                    crate::metrics::S3.bytes_read.add(b.len() as u64);
+                    Some((Ok(b), body))
+                }
                 Some(Err(e)) => Some((
                     Err(StoreError::Transient(format!(
                         "body: {}",
