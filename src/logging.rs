@@ -1,10 +1,23 @@
 //! Logs to stderr as text (terminals) or JSON lines (log collectors).
 //!
+//! JSON lines follow Cloud Logging's structured-logging fields, so Cloud Run shows levels
+//! and messages: `severity` (DEBUG, INFO, WARNING, ERROR), `message`, `time` (RFC 3339, the
+//! field Cloud Logging reads the time from) and `timestamp` (the same, for other collectors),
+//! `target`, the event's fields, and `spans` (each enclosing span's name and fields).
+//!
 //! Third-party HTTP and SDK crates are capped at `debug`, whatever the requested level:
 //! at `trace` they print whole requests and responses, which carry identity tokens, session
 //! tokens and secret keys. Secrets must never reach a log.
 
+use std::fmt;
+
+use serde_json::{Map, Value};
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::format::{JsonFields, Writer};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
+use tracing_subscriber::registry::LookupSpan;
 
 use crate::cli::LogFormat;
 
@@ -79,22 +92,155 @@ pub fn filter(level: &str) -> Result<EnvFilter, LogLevelError> {
 
 pub fn init(level: &str, format: LogFormat) -> Result<(), LogLevelError> {
     use std::io::IsTerminal;
-    // Colours only for a terminal: log collectors would get escape codes.
-    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter(level)?)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr);
+    let filter = filter(level)?;
     // A second init (tests) keeps the first subscriber.
     let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
+        LogFormat::Text => {
+            // Colours only for a terminal: log collectors would get escape codes.
+            let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+            tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_ansi(ansi)
+                .with_writer(std::io::stderr)
+                .try_init()
+        }
+        LogFormat::Json => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(false)
+            .with_writer(std::io::stderr)
+            .fmt_fields(JsonFields::new())
+            .event_format(CloudJson)
             .try_init(),
     };
     Ok(())
+}
+
+/// Cloud Logging's name of a level (it has no TRACE: DEBUG).
+pub fn severity(level: &Level) -> &'static str {
+    match *level {
+        Level::ERROR => "ERROR",
+        Level::WARN => "WARNING",
+        Level::INFO => "INFO",
+        _ => "DEBUG",
+    }
+}
+
+/// Keys of the line itself: an event field of the same name is put under `fields` instead.
+const RESERVED: &[&str] = &[
+    "severity",
+    "message",
+    "time",
+    "timestamp",
+    "target",
+    "spans",
+    "fields",
+];
+
+/// One JSON log line (without an event), e.g. for the final error message.
+pub fn json_line(severity: &str, message: &str) -> String {
+    let now = crate::util::rfc3339(std::time::SystemTime::now());
+    let mut obj = Map::new();
+    obj.insert("severity".into(), severity.into());
+    obj.insert("message".into(), message.into());
+    obj.insert("time".into(), now.clone().into());
+    obj.insert("timestamp".into(), now.into());
+    Value::Object(obj).to_string()
+}
+
+/// Formats each event as one JSON object per line (see the module comment).
+pub struct CloudJson;
+
+impl<S, N> FormatEvent<S, N> for CloudJson
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let meta = event.metadata();
+        let mut fields = Map::new();
+        event.record(&mut JsonVisitor(&mut fields));
+        let message = match fields.remove("message") {
+            Some(Value::String(m)) => m,
+            Some(other) => other.to_string(),
+            None => String::new(),
+        };
+        let now = crate::util::rfc3339(std::time::SystemTime::now());
+        let mut obj = Map::new();
+        obj.insert("severity".into(), severity(meta.level()).into());
+        obj.insert("message".into(), message.into());
+        obj.insert("time".into(), now.clone().into());
+        obj.insert("timestamp".into(), now.into());
+        obj.insert("target".into(), meta.target().into());
+        let mut clashing = Map::new();
+        for (k, v) in fields {
+            if RESERVED.contains(&k.as_str()) {
+                clashing.insert(k, v);
+            } else {
+                obj.insert(k, v);
+            }
+        }
+        if !clashing.is_empty() {
+            obj.insert("fields".into(), Value::Object(clashing));
+        }
+        if let Some(scope) = ctx.event_scope() {
+            let spans: Vec<Value> = scope
+                .from_root()
+                .map(|span| {
+                    let mut m = Map::new();
+                    m.insert("name".into(), span.name().into());
+                    let ext = span.extensions();
+                    if let Some(f) = ext.get::<FormattedFields<N>>() {
+                        // With JsonFields (as `init` sets up) these are a JSON object.
+                        match serde_json::from_str::<Map<String, Value>>(f) {
+                            Ok(parsed) => m.extend(parsed),
+                            Err(_) if !f.is_empty() => {
+                                m.insert("fields".into(), f.to_string().into());
+                            }
+                            Err(_) => {}
+                        }
+                    }
+                    Value::Object(m)
+                })
+                .collect();
+            if !spans.is_empty() {
+                obj.insert("spans".into(), Value::Array(spans));
+            }
+        }
+        writeln!(writer, "{}", Value::Object(obj))
+    }
+}
+
+/// An event's fields as JSON values (numbers and booleans kept as such).
+struct JsonVisitor<'a>(&'a mut Map<String, Value>);
+
+impl Visit for JsonVisitor<'_> {
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        self.0.insert(field.name().into(), value.to_string().into());
+    }
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.0
+            .insert(field.name().into(), format!("{value:?}").into());
+    }
 }
 
 #[cfg(test)]
@@ -129,6 +275,63 @@ mod tests {
             tracing::trace!(target: "s3_oidc_mount::fs", "OURS-TRACE");
         });
         String::from_utf8(buf.0.lock().unwrap().clone()).unwrap()
+    }
+
+    #[test]
+    fn json_lines_carry_cloud_logging_fields() {
+        let buf = Buf::default();
+        let w = buf.clone();
+        let sub = tracing_subscriber::fmt()
+            .with_env_filter(filter("trace").unwrap())
+            .with_writer(move || w.clone())
+            .fmt_fields(JsonFields::new())
+            .event_format(CloudJson)
+            .finish();
+        tracing::subscriber::with_default(sub, || {
+            let span = tracing::info_span!("fuse", op = "read", ino = 7u64);
+            let _g = span.enter();
+            tracing::warn!(path = "/a b", errno = 5, ok = false, "request failed");
+            tracing::error!(message2 = 1.5, severity = "spoof", "bad");
+            tracing::trace!("fine");
+            tracing::info!(
+                r#"quote " and newline
+ inside"#
+            );
+        });
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect();
+        assert_eq!(lines.len(), 4, "{text}");
+        let w = &lines[0];
+        assert_eq!(w["severity"], "WARNING");
+        assert_eq!(w["message"], "request failed");
+        assert_eq!(w["path"], "/a b");
+        assert_eq!(w["errno"], 5);
+        assert_eq!(w["ok"], false);
+        assert_eq!(w["target"], module_path!());
+        let t = w["time"].as_str().unwrap();
+        assert!(
+            t.len() == 24 && t.ends_with('Z') && &t[10..11] == "T",
+            "{t}"
+        );
+        assert_eq!(w["timestamp"], w["time"]);
+        assert_eq!(w["spans"][0]["name"], "fuse");
+        assert_eq!(w["spans"][0]["op"], "read");
+        assert_eq!(w["spans"][0]["ino"], 7);
+        // A field named like a reserved key cannot override it.
+        assert_eq!(lines[1]["severity"], "ERROR");
+        assert_eq!(lines[1]["fields"]["severity"], "spoof");
+        assert_eq!(
+            lines[2]["severity"], "DEBUG",
+            "TRACE is DEBUG for Cloud Logging"
+        );
+        assert_eq!(lines[3]["message"], "quote \" and newline\n inside");
+        let e: Value =
+            serde_json::from_str(&json_line("ERROR", "s3-oidc-mount: error: x")).unwrap();
+        assert_eq!(e["severity"], "ERROR");
+        assert_eq!(e["message"], "s3-oidc-mount: error: x");
     }
 
     #[test]

@@ -4,7 +4,9 @@ use anyhow::Context;
 use clap::Parser;
 
 use s3_oidc_mount::auth::{AuthConfig, policy, token::GcpMetadata};
-use s3_oidc_mount::cli::{AuthArgs, Cli, Command, MountArgs, PolicyArgs, Source, parse_source};
+use s3_oidc_mount::cli::{
+    AuthArgs, Cli, Command, LogFormat, MountArgs, PolicyArgs, Source, parse_source,
+};
 use s3_oidc_mount::fs::FsConfig;
 use s3_oidc_mount::mount::{self, MountConfig};
 use s3_oidc_mount::run::RunConfig;
@@ -19,7 +21,8 @@ fn main() -> ExitCode {
         libc::mallopt(libc::M_ARENA_MAX, 1);
     }
     let cli = Cli::parse();
-    if let Err(e) = s3_oidc_mount::logging::init(&cli.log_level, cli.log_format) {
+    let format = cli.log_format;
+    if let Err(e) = s3_oidc_mount::logging::init(&cli.log_level, format) {
         eprintln!("s3-oidc-mount: error: {e}");
         return ExitCode::from(2);
     }
@@ -27,7 +30,14 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             // One line, with the causes: what failed and what to do about it.
-            eprintln!("s3-oidc-mount: error: {e:#}");
+            let line = format!("s3-oidc-mount: error: {e:#}");
+            match format {
+                LogFormat::Text => eprintln!("{line}"),
+                // A log collector reading JSON lines gets this one as JSON too, as an error.
+                LogFormat::Json => {
+                    eprintln!("{}", s3_oidc_mount::logging::json_line("ERROR", &line))
+                }
+            }
             ExitCode::FAILURE
         }
     }
