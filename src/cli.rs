@@ -244,6 +244,16 @@ pub struct MountArgs {
     /// FUSE worker threads.
     #[arg(long, env = "S3_OIDC_MOUNT_FUSE_THREADS", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub fuse_threads: u16,
+
+    /// Serve /healthz, /readyz and /metrics (Prometheus) over HTTP on this address, e.g.
+    /// 127.0.0.1:9090 (port 0: any free port, logged at start); default: no HTTP server.
+    #[arg(long, env = "S3_OIDC_MOUNT_HTTP_ADDR", value_name = "ADDR:PORT")]
+    pub http_addr: Option<std::net::SocketAddr>,
+
+    /// /readyz answers 503 once the web-identity credentials are valid for less than this
+    /// (renewals failing); it does not apply to credentials from the AWS chain.
+    #[arg(long, env = "S3_OIDC_MOUNT_READY_MIN_VALIDITY", default_value = "60s", value_parser = parse_duration)]
+    pub ready_min_validity: Duration,
 }
 
 /// `s3://BUCKET[/PREFIX]` split and checked: the prefix is "" or ends in `/`.

@@ -6,6 +6,7 @@ pub mod cache;
 pub mod cli;
 pub mod fs;
 pub mod fuse;
+pub mod http;
 pub mod logging;
 pub mod metrics;
 pub mod mount;

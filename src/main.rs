@@ -209,5 +209,7 @@ fn mount_config(a: &MountArgs) -> anyhow::Result<MountConfig> {
         allow_other: a.allow_other,
         kernel_readahead: a.kernel_readahead,
         fuse_threads: usize::from(a.fuse_threads),
+        http_addr: a.http_addr,
+        ready_min_validity: a.ready_min_validity,
     })
 }

@@ -2,6 +2,7 @@
 //! FUSE session, and a clean unmount on SIGTERM/SIGINT.
 
 use std::ffi::CString;
+use std::net::SocketAddr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use crate::cache::BlockCache;
 use crate::cli::Source;
 use crate::fs::{Fs, FsConfig};
 use crate::fuse::FuseAdapter;
+use crate::http::{self, HttpError, Status};
 use crate::store::s3::{S3Options, S3Store};
 use crate::store::{ListFrom, ObjectStore, StoreError};
 
@@ -30,6 +32,10 @@ pub struct MountConfig {
     pub kernel_readahead: u64,
     pub fuse_threads: usize,
     pub auth: AuthConfig,
+    /// Where to serve /healthz, /readyz and /metrics (none: no HTTP server).
+    pub http_addr: Option<SocketAddr>,
+    /// /readyz fails once the credentials are valid for less than this.
+    pub ready_min_validity: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +51,8 @@ pub enum MountError {
     Fuse { path: PathBuf, why: String },
     #[error("{0}")]
     Io(String),
+    #[error(transparent)]
+    Http(#[from] HttpError),
 }
 
 impl From<AuthError> for MountError {
@@ -217,6 +225,8 @@ impl Signals {
 pub struct Mounted {
     session: Option<fuser::BackgroundSession>,
     pub mountpoint: PathBuf,
+    status: Arc<Status>,
+    http: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// Checks everything, then mounts (`prepare`, then `attach`).
@@ -230,30 +240,57 @@ pub struct Prepared {
     mountpoint: PathBuf,
     store: Arc<S3Store>,
     started: Instant,
+    status: Arc<Status>,
+    http: Option<tokio::task::JoinHandle<()>>,
 }
 
-/// The checks: mountpoint, credentials, one LIST. Nothing is mounted yet, so this may be
-/// abandoned at any point (e.g. on a signal).
+/// The checks: HTTP port, mountpoint, credentials, one LIST. Nothing is mounted yet, so
+/// this may be abandoned at any point (e.g. on a signal).
 pub async fn prepare(cfg: MountConfig) -> Result<Prepared, MountError> {
     let started = Instant::now();
+    // The port first: a port in use is a configuration error like the others, found before
+    // any credential exchange. Served from now on (/healthz says "not mounted" until then).
+    let server = match cfg.http_addr {
+        Some(addr) => Some(http::bind(addr).await?),
+        None => None,
+    };
     let mountpoint = check_mountpoint(&cfg.mountpoint)?;
     // Before credentials and S3: a container started without FUSE fails in milliseconds.
     check_fuse_access().map_err(|why| MountError::Fuse {
         path: mountpoint.clone(),
         why,
     })?;
-    let creds = auth::resolve(&cfg.auth).await?;
+    let status = Status::new(&mountpoint, cfg.ready_min_validity);
+    let http = server.map(|s| s.spawn(status.clone()));
+    let abort = |h: &Option<tokio::task::JoinHandle<()>>| {
+        if let Some(h) = h {
+            h.abort();
+        }
+    };
+    let creds = match auth::resolve(&cfg.auth).await {
+        Ok(c) => c,
+        Err(e) => {
+            abort(&http);
+            return Err(e.into());
+        }
+    };
+    status.set_refresher(creds.refresher.clone());
     let store = Arc::new(S3Store::new(
         &cfg.s3,
         creds.provider.clone(),
         creds.sdk_cache,
     ));
-    preflight(&*store, &cfg).await?;
+    if let Err(e) = preflight(&*store, &cfg).await {
+        abort(&http);
+        return Err(e);
+    }
     Ok(Prepared {
         cfg,
         mountpoint,
         store,
         started,
+        status,
+        http,
     })
 }
 
@@ -265,8 +302,22 @@ impl Prepared {
             mountpoint,
             store,
             started,
+            status,
+            http,
         } = self;
-        attach(cfg, mountpoint, store, started).await
+        let r = attach(cfg, mountpoint, store, started, status).await;
+        match r {
+            Ok(mut m) => {
+                m.http = http;
+                Ok(m)
+            }
+            Err(e) => {
+                if let Some(h) = http {
+                    h.abort();
+                }
+                Err(e)
+            }
+        }
     }
 }
 
@@ -275,9 +326,10 @@ async fn attach(
     mountpoint: PathBuf,
     store: Arc<S3Store>,
     started: Instant,
+    status: Arc<Status>,
 ) -> Result<Mounted, MountError> {
     let cache = BlockCache::new(cfg.cache_bytes as usize);
-    let fs = Fs::new(store, cfg.fs.clone(), cache);
+    let fs = Fs::new(store, cfg.fs.clone(), cache.clone());
     let reply_fd = crate::fuse::ReplyFd::default();
     let adapter = FuseAdapter::new(fs, tokio::runtime::Handle::current(), reply_fd.clone());
     let mut fcfg = fuser::Config::default();
@@ -331,9 +383,12 @@ async fn attach(
         cache_bytes = cfg.cache_bytes,
         "mounted"
     );
+    status.set_mounted(cache);
     Ok(Mounted {
         session: Some(session),
         mountpoint,
+        status,
+        http: None,
     })
 }
 
@@ -427,6 +482,8 @@ impl Mounted {
                 _ = tick.tick() => {
                     if self.ended() {
                         tracing::info!(mountpoint = %self.mountpoint.display(), "unmounted from outside; exiting");
+                        self.session = None;
+                        self.finished();
                         return Ok(());
                     }
                 }
@@ -441,6 +498,7 @@ impl Mounted {
         let Some(session) = self.session.take() else {
             return Ok(());
         };
+        self.status.set_unmounted();
         let mp = self.mountpoint.display().to_string();
         let joined = tokio::time::timeout(
             Duration::from_secs(3),
@@ -461,7 +519,27 @@ impl Mounted {
             Err(_) => tracing::warn!(mountpoint = %mp, "FUSE threads did not stop within 3 s"),
         }
         tracing::info!(mountpoint = %mp, "unmounted");
+        self.finished();
         Ok(())
+    }
+
+    /// The end of the mount: the HTTP endpoints stop, and one summary line says what it did.
+    fn finished(&mut self) {
+        self.status.set_unmounted();
+        if let Some(h) = self.http.take() {
+            h.abort();
+        }
+        let s = crate::metrics::summary(self.status.cache().map(|c| &**c), self.status.uptime());
+        tracing::info!(
+            requests = s.requests,
+            bytes_served = s.bytes_served,
+            bytes_fetched = s.bytes_fetched,
+            s3_requests = s.s3_requests,
+            cache_hit_ratio = (s.cache_hit_ratio * 1000.0).round() / 1000.0,
+            errors = s.errors,
+            uptime_s = s.uptime.as_secs(),
+            "summary"
+        );
     }
 }
 
