@@ -53,6 +53,40 @@ pub enum Command {
     /// Print the IAM trust policy and the least-privilege permission policy for a role that
     /// a Google service account assumes to read s3://BUCKET/PREFIX.
     Policy(PolicyArgs),
+    /// Check the whole chain step by step (metadata server, identity token, STS exchange,
+    /// listing, reading one object) with the same options as mount, and say what to fix.
+    /// Exit status 0 only if every step passes.
+    Doctor(DoctorArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct DoctorArgs {
+    /// What to check: s3://BUCKET or s3://BUCKET/PREFIX.
+    #[arg(env = "S3_OIDC_MOUNT_SOURCE", value_name = "s3://BUCKET[/PREFIX]")]
+    pub source: String,
+
+    #[command(flatten)]
+    pub s3: S3Args,
+
+    #[command(flatten)]
+    pub auth: AuthArgs,
+}
+
+/// Where the bucket is (shared by the commands that talk to S3).
+#[derive(Args, Debug, Clone)]
+pub struct S3Args {
+    /// S3 endpoint URL (e.g. http://127.0.0.1:7480); default: AWS_ENDPOINT_URL_S3,
+    /// AWS_ENDPOINT_URL, else AWS S3 for the region.
+    #[arg(long, env = "S3_OIDC_MOUNT_ENDPOINT_URL", value_parser = parse_url)]
+    pub endpoint_url: Option<String>,
+
+    /// AWS region of the bucket; default: AWS_REGION, AWS_DEFAULT_REGION, else us-east-1.
+    #[arg(long, env = "S3_OIDC_MOUNT_REGION")]
+    pub region: Option<String>,
+
+    /// Use path-style URLs (http://host/bucket/key), as most S3-compatible servers need.
+    #[arg(long, env = "S3_OIDC_MOUNT_FORCE_PATH_STYLE")]
+    pub force_path_style: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -172,18 +206,8 @@ pub struct MountArgs {
     #[arg(env = "S3_OIDC_MOUNT_MOUNTPOINT", value_name = "MOUNTPOINT")]
     pub mountpoint: PathBuf,
 
-    /// S3 endpoint URL (e.g. http://127.0.0.1:7480); default: AWS_ENDPOINT_URL_S3,
-    /// AWS_ENDPOINT_URL, else AWS S3 for the region.
-    #[arg(long, env = "S3_OIDC_MOUNT_ENDPOINT_URL", value_parser = parse_url)]
-    pub endpoint_url: Option<String>,
-
-    /// AWS region of the bucket; default: AWS_REGION, AWS_DEFAULT_REGION, else us-east-1.
-    #[arg(long, env = "S3_OIDC_MOUNT_REGION")]
-    pub region: Option<String>,
-
-    /// Use path-style URLs (http://host/bucket/key), as most S3-compatible servers need.
-    #[arg(long, env = "S3_OIDC_MOUNT_FORCE_PATH_STYLE")]
-    pub force_path_style: bool,
+    #[command(flatten)]
+    pub s3: S3Args,
 
     /// Owner of every file and directory; default: the daemon's user.
     #[arg(long, env = "S3_OIDC_MOUNT_UID")]

@@ -5,8 +5,10 @@ use clap::Parser;
 
 use s3_oidc_mount::auth::{AuthConfig, policy, token::GcpMetadata};
 use s3_oidc_mount::cli::{
-    AuthArgs, Cli, Command, LogFormat, MountArgs, PolicyArgs, Source, parse_source,
+    AuthArgs, Cli, Command, DoctorArgs, LogFormat, MountArgs, PolicyArgs, S3Args, Source,
+    parse_source,
 };
+use s3_oidc_mount::doctor::RealEnv;
 use s3_oidc_mount::fs::FsConfig;
 use s3_oidc_mount::mount::{self, MountConfig};
 use s3_oidc_mount::run::RunConfig;
@@ -97,8 +99,21 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             return Ok(rt.block_on(s3_oidc_mount::run::run(cfg))?);
         }
         Command::Policy(args) => rt.block_on(print_policies(&args))?,
+        Command::Doctor(args) => return rt.block_on(doctor(&args)),
     }
     Ok(0)
+}
+
+/// Runs every check, prints one line per step (and the policies that would make it work);
+/// exit status 0 only if all passed.
+async fn doctor(a: &DoctorArgs) -> anyhow::Result<u8> {
+    let source = parse_source(&a.source).map_err(anyhow::Error::msg)?;
+    let s3 = s3_options(&a.s3, &source);
+    let auth = auth_config(&a.auth, &source, &s3.region)?;
+    let (env, target) = RealEnv::new(auth, s3, source).await;
+    let report = s3_oidc_mount::doctor::diagnose(&env, &target).await;
+    print!("{}", report.render());
+    Ok(if report.passed() { 0 } else { 1 })
 }
 
 async fn print_policies(a: &PolicyArgs) -> anyhow::Result<()> {
@@ -164,8 +179,8 @@ fn auth_config(a: &AuthArgs, source: &Source, s3_region: &str) -> anyhow::Result
     })
 }
 
-fn mount_config(a: &MountArgs) -> anyhow::Result<MountConfig> {
-    let source = parse_source(&a.source).map_err(anyhow::Error::msg)?;
+/// The S3 options with their environment defaults.
+fn s3_options(a: &S3Args, source: &Source) -> S3Options {
     let region = a
         .region
         .clone()
@@ -177,6 +192,18 @@ fn mount_config(a: &MountArgs) -> anyhow::Result<MountConfig> {
         .clone()
         .or_else(|| env_nonempty("AWS_ENDPOINT_URL_S3"))
         .or_else(|| env_nonempty("AWS_ENDPOINT_URL"));
+    S3Options {
+        bucket: source.bucket.clone(),
+        region,
+        endpoint_url,
+        force_path_style: a.force_path_style,
+        max_attempts: 3,
+    }
+}
+
+fn mount_config(a: &MountArgs) -> anyhow::Result<MountConfig> {
+    let source = parse_source(&a.source).map_err(anyhow::Error::msg)?;
+    let s3 = s3_options(&a.s3, &source);
     // SAFETY: geteuid/getegid cannot fail.
     let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
     let fs = FsConfig {
@@ -192,16 +219,10 @@ fn mount_config(a: &MountArgs) -> anyhow::Result<MountConfig> {
         block_size: a.block_size,
         ..FsConfig::default()
     };
-    let auth = auth_config(&a.auth, &source, &region)?;
+    let auth = auth_config(&a.auth, &source, &s3.region)?;
     Ok(MountConfig {
         auth,
-        s3: S3Options {
-            bucket: source.bucket.clone(),
-            region,
-            endpoint_url,
-            force_path_style: a.force_path_style,
-            max_attempts: 3,
-        },
+        s3,
         source,
         mountpoint: a.mountpoint.clone(),
         fs,

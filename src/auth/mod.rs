@@ -114,9 +114,18 @@ pub struct Resolved {
     pub mode: CredentialMode,
 }
 
-/// Picks the mode and builds the provider; for web identity this performs the first
-/// exchange, so configuration errors surface here, before mounting.
-pub async fn resolve(cfg: &AuthConfig) -> Result<Resolved, AuthError> {
+/// The credential mode, the role and the token file, with their environment defaults;
+/// `auto` is decided here (gcp if a role is given and a metadata server answers, token-file
+/// if a role and a token file are given, else the AWS chain).
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub mode: CredentialMode,
+    pub role_arn: Option<String>,
+    pub token_file: Option<PathBuf>,
+    pub gcp: GcpMetadata,
+}
+
+pub async fn plan(cfg: &AuthConfig) -> Plan {
     let role_arn = cfg
         .role_arn
         .clone()
@@ -138,17 +147,57 @@ pub async fn resolve(cfg: &AuthConfig) -> Result<Resolved, AuthError> {
         }
         m => m,
     };
+    Plan {
+        mode,
+        role_arn,
+        token_file,
+        gcp,
+    }
+}
+
+/// Picks the mode and builds the provider; for web identity this performs the first
+/// exchange, so configuration errors surface here, before mounting.
+pub async fn resolve(cfg: &AuthConfig) -> Result<Resolved, AuthError> {
+    let plan = plan(cfg).await;
+    let mode = plan.mode;
     tracing::info!(mode = ?mode, "credentials mode");
+    if matches!(mode, CredentialMode::Aws | CredentialMode::Auto) {
+        return Ok(Resolved {
+            provider: aws_chain(&cfg.sts_region).await,
+            sdk_cache: true,
+            refresher: None,
+            mode,
+        });
+    }
+    let (source, exchanger) = web_identity(cfg, plan).await?;
+    let refresher = Refresher::start(source, exchanger, cfg.refresh_margin).await?;
+    Ok(Resolved {
+        provider: SharedCredentialsProvider::new(refresher.clone()),
+        sdk_cache: false,
+        refresher: Some(refresher),
+        mode,
+    })
+}
+
+/// The token source and the STS exchange of a web-identity mode (gcp, token-file), checked
+/// (role ARN, session policy) but not used yet.
+pub async fn web_identity(
+    cfg: &AuthConfig,
+    plan: Plan,
+) -> Result<(TokenSource, Exchanger), AuthError> {
+    let Plan {
+        mode,
+        role_arn,
+        token_file,
+        gcp,
+    } = plan;
     let source = match mode {
         CredentialMode::Aws | CredentialMode::Auto => {
-            return Ok(Resolved {
-                provider: aws_chain(&cfg.sts_region).await,
-                sdk_cache: true,
-                refresher: None,
-                mode,
-            });
+            return Err(AuthError::Config(
+                "web identity needs --credentials gcp or token-file".into(),
+            ));
         }
-        CredentialMode::Gcp => TokenSource::Gcp(gcp.clone()),
+        CredentialMode::Gcp => TokenSource::Gcp(gcp),
         CredentialMode::TokenFile => TokenSource::File(TokenFile {
             path: token_file.ok_or_else(|| {
                 AuthError::Config(
@@ -204,13 +253,7 @@ pub async fn resolve(cfg: &AuthConfig) -> Result<Resolved, AuthError> {
         duration: cfg.session_duration,
         policy,
     });
-    let refresher = Refresher::start(source, exchanger, cfg.refresh_margin).await?;
-    Ok(Resolved {
-        provider: SharedCredentialsProvider::new(refresher.clone()),
-        sdk_cache: false,
-        refresher: Some(refresher),
-        mode,
-    })
+    Ok((source, exchanger))
 }
 
 fn check_role_arn(arn: &str) -> Result<(), AuthError> {
@@ -226,7 +269,7 @@ fn check_role_arn(arn: &str) -> Result<(), AuthError> {
 
 /// The standard AWS chain (environment, profile, SSO, process, then container/instance
 /// metadata).
-async fn aws_chain(region: &str) -> SharedCredentialsProvider {
+pub async fn aws_chain(region: &str) -> SharedCredentialsProvider {
     let chain = DefaultCredentialsChain::builder()
         .region(Region::new(region.to_string()))
         .build()

@@ -3,6 +3,8 @@
 
 use serde_json::{Value, json};
 
+use super::jwt::Claims;
+
 /// STS limit on the inline session policy (characters).
 pub const SESSION_POLICY_MAX: usize = 2048;
 
@@ -79,9 +81,75 @@ pub fn trust_policy(audience: &str, service_account_id: &str) -> Value {
             "accounts.google.com:sub":service_account_id}}}]})
 }
 
+/// The issuer of a token as IAM names its provider: the URL without scheme and trailing `/`.
+pub fn provider_host(iss: &str) -> &str {
+    iss.trim_start_matches("https://")
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+}
+
+/// The trust policy that accepts tokens with these claims (for `doctor`): Google's built-in
+/// provider for `accounts.google.com` (`:aud` = `azp`, `:oaud` = `aud`), else the IAM OIDC
+/// provider registered for the issuer in `account` (`:aud` = `aud`).
+pub fn trust_policy_for_claims(claims: &Claims, partition: &str, account: &str) -> Value {
+    let host = provider_host(&claims.iss);
+    if host == "accounts.google.com" {
+        let azp = claims.azp.as_deref().unwrap_or(&claims.aud);
+        return json!({"Version":"2012-10-17","Statement":[{
+            "Effect":"Allow",
+            "Principal":{"Federated":"accounts.google.com"},
+            "Action":"sts:AssumeRoleWithWebIdentity",
+            "Condition":{"StringEquals":{
+                "accounts.google.com:aud":azp,
+                "accounts.google.com:oaud":claims.aud,
+                "accounts.google.com:sub":claims.sub}}}]});
+    }
+    json!({"Version":"2012-10-17","Statement":[{
+        "Effect":"Allow",
+        "Principal":{"Federated":format!("arn:{partition}:iam::{account}:oidc-provider/{host}")},
+        "Action":"sts:AssumeRoleWithWebIdentity",
+        "Condition":{"StringEquals":{
+            format!("{host}:aud"):claims.aud,
+            format!("{host}:sub"):claims.sub}}}]})
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn trust_policies_follow_the_issuer() {
+        let google = Claims {
+            iss: "https://accounts.google.com".into(),
+            aud: "my-aud".into(),
+            azp: Some("1234".into()),
+            sub: "1234".into(),
+            ..Claims::default()
+        };
+        let t = trust_policy_for_claims(&google, "aws", "111");
+        let c = &t["Statement"][0]["Condition"]["StringEquals"];
+        assert_eq!(c["accounts.google.com:aud"], "1234");
+        assert_eq!(c["accounts.google.com:oaud"], "my-aud");
+        assert_eq!(
+            t["Statement"][0]["Principal"]["Federated"],
+            "accounts.google.com"
+        );
+        let other = Claims {
+            iss: "https://idp.example.com/".into(),
+            aud: "a".into(),
+            sub: "s".into(),
+            ..Claims::default()
+        };
+        let t = trust_policy_for_claims(&other, "aws", "111");
+        assert_eq!(
+            t["Statement"][0]["Principal"]["Federated"],
+            "arn:aws:iam::111:oidc-provider/idp.example.com"
+        );
+        assert_eq!(
+            t["Statement"][0]["Condition"]["StringEquals"]["idp.example.com:aud"],
+            "a"
+        );
+    }
 
     #[test]
     fn session_policy_scopes_to_the_prefix() {

@@ -1,0 +1,1129 @@
+//! `doctor`: checks, one step at a time, the chain a mount depends on (metadata server,
+//! identity token, STS exchange or AWS chain, ListBucket, HEAD and GET of one object) and
+//! says for each step what is wrong and how to fix it; then prints the policies that would
+//! make it work. Steps that do not apply to the credential mode, or that come after a
+//! failure, are shown as skipped.
+//!
+//! The steps run against an [`Env`]: the real one talks to the metadata server, STS and S3;
+//! unit tests use fakes. The identity token is only ever shown as its decoded claims, never
+//! its text or signature.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aws_credential_types::Credentials;
+use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
+use aws_smithy_types::error::display::DisplayErrorContext;
+use futures::StreamExt;
+use serde_json::Value;
+
+use crate::auth::jwt::{Claims, IdToken, now_unix};
+use crate::auth::sts::{Session, StsError, trust_hint};
+use crate::auth::token::{TokenError, TokenFile, TokenSource};
+use crate::auth::{self, AuthConfig, CredentialMode, Plan, policy};
+use crate::cli::Source;
+use crate::store::s3::{S3Options, S3Store};
+use crate::store::{ListFrom, ListPage, ObjectMeta, ObjectStore, StoreError};
+use crate::util::rfc3339;
+
+/// Longest any one step may take (STS and S3 retry inside it).
+const STEP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bytes read by the GET step.
+const GET_BYTES: u64 = 1024;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    Fail,
+    Skip,
+    Info,
+}
+
+impl Outcome {
+    fn label(self) -> &'static str {
+        match self {
+            Outcome::Ok => "OK",
+            Outcome::Fail => "FAIL",
+            Outcome::Skip => "SKIP",
+            Outcome::Info => "INFO",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Step {
+    pub name: &'static str,
+    pub outcome: Outcome,
+    pub detail: String,
+    pub fix: Option<String>,
+}
+
+pub struct Report {
+    pub header: String,
+    pub steps: Vec<Step>,
+    /// Policies to show: title and document.
+    pub policies: Vec<(String, Value)>,
+}
+
+impl Report {
+    /// Whether every check passed (skipped steps that do not apply are no failure).
+    pub fn passed(&self) -> bool {
+        !self.steps.iter().any(|s| s.outcome == Outcome::Fail)
+    }
+
+    pub fn step(&self, name: &str) -> Option<&Step> {
+        self.steps.iter().find(|s| s.name == name)
+    }
+
+    /// One line per step, then the policies.
+    pub fn render(&self) -> String {
+        let mut out = format!("{}\n", self.header);
+        for s in &self.steps {
+            let mut line = format!("{:<4}  {:<15}  {}", s.outcome.label(), s.name, s.detail);
+            if let Some(fix) = &s.fix {
+                line.push_str(" -- fix: ");
+                line.push_str(fix);
+            }
+            out.push_str(line.replace('\n', " ").trim_end());
+            out.push('\n');
+        }
+        for (title, doc) in &self.policies {
+            out.push('\n');
+            out.push_str(&format!("# {title}\n"));
+            out.push_str(&serde_json::to_string_pretty(doc).unwrap_or_default());
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// Why an exchange did not happen.
+#[derive(Debug)]
+pub enum ExchangeError {
+    /// The setup is incomplete (no role, bad role ARN, unreadable session policy).
+    Config(String),
+    Sts(StsError),
+}
+
+/// What the steps talk to.
+pub trait Env: Sync {
+    type Store: ObjectStore;
+    /// Asks the metadata server something that needs no identity: its project id.
+    fn metadata(&self) -> impl Future<Output = Result<String, String>> + Send;
+    fn identity_token(&self) -> impl Future<Output = Result<IdToken, TokenError>> + Send;
+    fn exchange(
+        &self,
+        token: &IdToken,
+    ) -> impl Future<Output = Result<Session, ExchangeError>> + Send;
+    /// Credentials from the standard AWS chain.
+    fn aws_credentials(&self) -> impl Future<Output = Result<Credentials, String>> + Send;
+    fn store(&self, credentials: Credentials) -> Self::Store;
+}
+
+/// What is being checked, for messages.
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub source: Source,
+    pub mode: CredentialMode,
+    /// How the mode was chosen, when `auto` chose it.
+    pub mode_reason: Option<String>,
+    pub audience: String,
+    pub role_arn: Option<String>,
+    pub token_file: Option<PathBuf>,
+    /// The S3 endpoint, for messages ("AWS S3 in eu-west-1" or the URL).
+    pub endpoint: String,
+    /// The STS endpoint, for messages.
+    pub sts_endpoint: String,
+    /// The metadata server's base URL.
+    pub metadata_url: String,
+    /// The session policy option as given (auto, none, @FILE).
+    pub session_policy: String,
+}
+
+impl Target {
+    fn partition(&self) -> &str {
+        self.role_arn.as_deref().map_or("aws", policy::partition)
+    }
+
+    fn account(&self) -> &str {
+        self.role_arn
+            .as_deref()
+            .and_then(|a| a.split(':').nth(4))
+            .unwrap_or("")
+    }
+
+    fn bucket_arn(&self) -> String {
+        format!("arn:{}:s3:::{}", self.partition(), self.source.bucket)
+    }
+}
+
+fn ok(name: &'static str, detail: impl Into<String>) -> Step {
+    Step {
+        name,
+        outcome: Outcome::Ok,
+        detail: detail.into(),
+        fix: None,
+    }
+}
+
+fn fail(name: &'static str, detail: impl Into<String>, fix: impl Into<String>) -> Step {
+    Step {
+        name,
+        outcome: Outcome::Fail,
+        detail: detail.into(),
+        fix: Some(fix.into()),
+    }
+}
+
+fn skip(name: &'static str, why: impl Into<String>) -> Step {
+    Step {
+        name,
+        outcome: Outcome::Skip,
+        detail: why.into(),
+        fix: None,
+    }
+}
+
+const METADATA: &str = "metadata server";
+const TOKEN: &str = "identity token";
+const STS: &str = "sts exchange";
+const AWS_CHAIN: &str = "aws credentials";
+const LIST: &str = "list";
+const READ: &str = "read";
+const POLICY: &str = "policy";
+
+async fn bounded<T>(f: impl Future<Output = T>) -> Option<T> {
+    tokio::time::timeout(STEP_TIMEOUT, f).await.ok()
+}
+
+fn timed_out(name: &'static str, what: &str) -> Step {
+    fail(
+        name,
+        format!("{what} did not answer within {} s", STEP_TIMEOUT.as_secs()),
+        "check the endpoint and the network; a firewall that drops packets shows this way",
+    )
+}
+
+/// `exp` as RFC 3339 and how far it is from now.
+fn describe_exp(exp: u64) -> String {
+    let now = now_unix();
+    let when = rfc3339(UNIX_EPOCH + Duration::from_secs(exp));
+    if exp > now {
+        format!("{when} (in {})", human(exp - now))
+    } else {
+        format!("{when} (expired {} ago)", human(now - exp))
+    }
+}
+
+fn human(secs: u64) -> String {
+    match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m{:02}s", s / 60, s % 60),
+        s => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+    }
+}
+
+fn claims_line(c: &Claims) -> String {
+    format!(
+        "iss={} aud={} azp={} sub={} exp={}",
+        c.iss,
+        c.aud,
+        c.azp.as_deref().unwrap_or("-"),
+        c.sub,
+        describe_exp(c.exp)
+    )
+}
+
+/// What an STS error code usually means, and what to do.
+fn explain_sts(code: &str, claims: Option<&Claims>, t: &Target) -> (&'static str, String) {
+    let hint = claims.map(trust_hint).unwrap_or_default();
+    match code {
+        "AccessDenied" | "IDPRejectedClaim" => (
+            "the role's trust policy does not accept this token",
+            if hint.is_empty() {
+                "compare the role's trust policy with the token's claims".into()
+            } else {
+                hint
+            },
+        ),
+        "InvalidIdentityToken" => (
+            "STS could not validate the token (issuer not trusted, or a key or thumbprint mismatch)",
+            format!(
+                "for Google tokens trust Principal {{\"Federated\":\"accounts.google.com\"}} and create no IAM \
+                 OIDC provider for Google; for other issuers register the issuer as an IAM OIDC provider with \
+                 this audience as a client id; {hint}"
+            ),
+        ),
+        "ExpiredTokenException" | "ExpiredToken" => (
+            "the token had expired when STS checked it",
+            "check the clock of this machine; for a token file, whatever rotates it has stopped".into(),
+        ),
+        "MalformedPolicyDocument" | "PackedPolicyTooLarge" => (
+            "STS refused the session policy",
+            format!(
+                "--session-policy {} was refused: use --session-policy none, or a valid, smaller @FILE",
+                t.session_policy
+            ),
+        ),
+        "NoSuchEntity" => (
+            "the role does not exist",
+            format!(
+                "check --role-arn {}",
+                t.role_arn.as_deref().unwrap_or("(none)")
+            ),
+        ),
+        "ValidationError" | "MissingParameter" | "InvalidParameterValue" => (
+            "STS refused a parameter",
+            "--session-duration must not exceed the role's MaxSessionDuration (default 1h); check --role-arn"
+                .into(),
+        ),
+        "RegionDisabledException" => (
+            "STS is not activated in this region",
+            "activate the region in the IAM account settings, or use --sts-region with an active one"
+                .into(),
+        ),
+        "NetworkError" => (
+            "STS did not answer",
+            format!(
+                "check that {} is reachable (--sts-endpoint-url, --sts-region, egress rules)",
+                t.sts_endpoint
+            ),
+        ),
+        _ => (
+            "STS failed",
+            "retry; if it persists, the message above says what STS objects to".into(),
+        ),
+    }
+}
+
+/// What to allow, for a refused S3 request.
+fn permission_fix(t: &Target, action: &str) -> String {
+    let p = &t.source.prefix;
+    let what = if action == "s3:ListBucket" {
+        if p.is_empty() {
+            format!("s3:ListBucket on {}", t.bucket_arn())
+        } else {
+            format!(
+                "s3:ListBucket on {} with s3:prefix \"{p}\" and \"{p}*\"",
+                t.bucket_arn()
+            )
+        }
+    } else {
+        format!("s3:GetObject on {}/{p}*", t.bucket_arn())
+    };
+    let session = match t.mode {
+        CredentialMode::Gcp | CredentialMode::TokenFile => match t.session_policy.as_str() {
+            "auto" => "; the session policy (--session-policy auto) allows exactly this already"
+                .to_string(),
+            "none" => String::new(),
+            other => format!("; the session policy {other} must allow it too"),
+        },
+        _ => String::new(),
+    };
+    format!("the identity's permission policy must allow {what} (see below){session}")
+}
+
+fn store_failure(name: &'static str, what: &str, e: &StoreError, t: &Target, action: &str) -> Step {
+    match e {
+        StoreError::NoSuchBucket => fail(
+            name,
+            format!(
+                "{what}: bucket {:?} does not exist at {}",
+                t.source.bucket, t.endpoint
+            ),
+            "check the bucket name, --endpoint-url and --region",
+        ),
+        StoreError::AccessDenied { code, message } => fail(
+            name,
+            format!("{what}: S3 refused ({code}): {message}"),
+            permission_fix(t, action),
+        ),
+        StoreError::Credentials(m) => fail(
+            name,
+            format!("{what}: no usable credentials: {m}"),
+            "see the credential steps above",
+        ),
+        StoreError::Unreachable(m) => fail(
+            name,
+            format!("{what}: cannot reach {}: {m}", t.endpoint),
+            "check --endpoint-url, --region and the network",
+        ),
+        e => fail(
+            name,
+            format!("{what} at {}: {e}", t.endpoint),
+            "retry; if it persists, the message says what S3 objects to",
+        ),
+    }
+}
+
+/// Runs every step.
+pub async fn diagnose<E: Env>(env: &E, t: &Target) -> Report {
+    let mut steps = Vec::new();
+    let mut claims: Option<Claims> = None;
+    // The first failed step: everything that depends on it is skipped.
+    let mut failed: Option<&'static str> = None;
+    let after = |f: &'static str| format!("not run: {f} failed");
+    let web = matches!(t.mode, CredentialMode::Gcp | CredentialMode::TokenFile);
+
+    // 1. The metadata server.
+    steps.push(match t.mode {
+        CredentialMode::Gcp => match bounded(env.metadata()).await {
+            Some(Ok(project)) => ok(
+                METADATA,
+                format!("{} answers (project {project})", t.metadata_url),
+            ),
+            Some(Err(e)) => fail(
+                METADATA,
+                e,
+                "run on GCP (Cloud Run, GCE, GKE with Workload Identity) or set GCE_METADATA_HOST to an \
+                 emulator; elsewhere use --credentials token-file or aws",
+            ),
+            None => timed_out(METADATA, &t.metadata_url),
+        },
+        CredentialMode::TokenFile => skip(METADATA, "not used with --credentials token-file"),
+        _ => skip(
+            METADATA,
+            "not used with --credentials aws (the standard AWS chain)",
+        ),
+    });
+    if steps[0].outcome == Outcome::Fail {
+        failed = Some(METADATA);
+    }
+
+    // 2. The identity token.
+    let mut token: Option<IdToken> = None;
+    steps.push(if !web {
+        skip(TOKEN, "not used with --credentials aws")
+    } else if let Some(f) = failed {
+        skip(TOKEN, after(f))
+    } else {
+        match bounded(env.identity_token()).await {
+            Some(Ok(tok)) => {
+                let c = tok.claims.clone();
+                let step = if c.exp != 0 && c.exp <= now_unix() {
+                    fail(
+                        TOKEN,
+                        claims_line(&c),
+                        "the token has expired: for a token file, whatever rotates it has stopped; check the clock",
+                    )
+                } else {
+                    ok(TOKEN, claims_line(&c))
+                };
+                claims = Some(c);
+                token = Some(tok);
+                step
+            }
+            Some(Err(e)) => {
+                let fix = match t.mode {
+                    CredentialMode::Gcp => {
+                        "the workload must run as a service account (Cloud Run: --service-account; GKE: \
+                         Workload Identity) and the metadata server must serve identity tokens"
+                    }
+                    _ => {
+                        "--token-file (or AWS_WEB_IDENTITY_TOKEN_FILE) must name a readable file holding one \
+                         JWT, e.g. a Kubernetes projected service account token"
+                    }
+                };
+                fail(TOKEN, e.to_string(), fix)
+            }
+            None => timed_out(TOKEN, "the token source"),
+        }
+    });
+    if failed.is_none() && steps[1].outcome == Outcome::Fail {
+        failed = Some(TOKEN);
+    }
+
+    // 3. Credentials: the STS exchange, or the AWS chain.
+    let mut credentials: Option<Credentials> = None;
+    if web {
+        steps.push(match (&token, failed) {
+            (_, Some(f)) => skip(STS, after(f)),
+            (None, None) => skip(STS, "not run: no token"),
+            (Some(tok), None) => match bounded(env.exchange(tok)).await {
+                Some(Ok(s)) => {
+                    credentials = Some(s.credentials.clone());
+                    let left = s
+                        .expiry
+                        .duration_since(SystemTime::now())
+                        .unwrap_or_default();
+                    ok(
+                        STS,
+                        format!(
+                            "assumed {} until {} (in {}); STS saw subject {} audience {}",
+                            s.assumed_role_arn,
+                            rfc3339(s.expiry),
+                            human(left.as_secs()),
+                            s.subject,
+                            s.audience
+                        ),
+                    )
+                }
+                Some(Err(ExchangeError::Config(m))) => fail(
+                    STS,
+                    m,
+                    "give the role with --role-arn (or AWS_ROLE_ARN); `s3-oidc-mount policy` prints its policies",
+                ),
+                Some(Err(ExchangeError::Sts(e))) => {
+                    let code = match &e {
+                        StsError::ExpiredToken { .. } => "ExpiredTokenException",
+                        StsError::Transient { code, .. } | StsError::Rejected { code, .. } => {
+                            code.as_str()
+                        }
+                    };
+                    let (meaning, fix) = explain_sts(code, claims.as_ref(), t);
+                    fail(
+                        STS,
+                        format!(
+                            "{} as {}: {e}: {meaning}",
+                            t.sts_endpoint,
+                            t.role_arn.as_deref().unwrap_or("-")
+                        ),
+                        fix,
+                    )
+                }
+                None => timed_out(STS, &t.sts_endpoint),
+            },
+        });
+    } else {
+        steps.push(match bounded(env.aws_credentials()).await {
+            Some(Ok(c)) => {
+                let kind = if c.session_token().is_some() {
+                    "temporary credentials"
+                } else {
+                    "long-term keys"
+                };
+                let until = c
+                    .expiry()
+                    .map(|e| format!(" until {}", rfc3339(e)))
+                    .unwrap_or_default();
+                credentials = Some(c);
+                ok(AWS_CHAIN, format!("{kind} from the AWS chain{until}"))
+            }
+            Some(Err(e)) => fail(
+                AWS_CHAIN,
+                format!("the AWS chain has no credentials: {e}"),
+                "set AWS_PROFILE (after `aws sso login`) or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or use \
+                 --credentials gcp or token-file with --role-arn",
+            ),
+            None => timed_out(AWS_CHAIN, "the AWS chain"),
+        });
+    }
+    if failed.is_none() && steps[2].outcome == Outcome::Fail {
+        failed = Some(steps[2].name);
+    }
+
+    // 4. ListBucket on the prefix; 5. HEAD and GET of one object.
+    let store = credentials.map(|c| env.store(c));
+    let mut page: Option<ListPage> = None;
+    steps.push(match (&store, failed) {
+        (_, Some(f)) => skip(LIST, after(f)),
+        (None, None) => skip(LIST, "not run: no credentials"),
+        (Some(store), None) => {
+            let what = format!("ListObjectsV2 {}", t.source);
+            match bounded(store.list_page(&t.source.prefix, true, ListFrom::Start, Some(100))).await
+            {
+                Some(Ok(p)) => {
+                    let more = if p.next.is_some() { "+" } else { "" };
+                    let step = ok(
+                        LIST,
+                        format!(
+                            "{what}: {}{more} objects, {}{more} directories",
+                            p.objects.len(),
+                            p.prefixes.len()
+                        ),
+                    );
+                    page = Some(p);
+                    step
+                }
+                Some(Err(e)) => store_failure(LIST, &what, &e, t, "s3:ListBucket"),
+                None => timed_out(LIST, &t.endpoint),
+            }
+        }
+    });
+    if failed.is_none() && steps[3].outcome == Outcome::Fail {
+        failed = Some(LIST);
+    }
+    steps.push(match (&store, &page, failed) {
+        (_, _, Some(f)) => skip(READ, after(f)),
+        (Some(store), Some(p), None) => match bounded(read_one(store, p, t)).await {
+            Some(step) => step,
+            None => timed_out(READ, &t.endpoint),
+        },
+        _ => skip(READ, "not run: nothing listed"),
+    });
+    if failed.is_none() && steps[4].outcome == Outcome::Fail {
+        failed = Some(READ);
+    }
+
+    // 6. The policies that make it work.
+    let mut policies = Vec::new();
+    if let Some(f) = failed {
+        if web && let Some(c) = &claims {
+            policies.push((
+                format!(
+                    "Trust policy of the role{} (Trust relationships), for this token's claims:",
+                    t.role_arn
+                        .as_deref()
+                        .map(|r| format!(" {r}"))
+                        .unwrap_or_default()
+                ),
+                policy::trust_policy_for_claims(c, t.partition(), t.account()),
+            ));
+        }
+        policies.push((
+            format!(
+                "Permission policy (least privilege, read-only {}):",
+                t.source
+            ),
+            policy::permission_policy(t.partition(), &t.source.bucket, &t.source.prefix),
+        ));
+        steps.push(Step {
+            name: POLICY,
+            outcome: Outcome::Info,
+            detail: format!(
+                "{f} failed: the policies below would make this work{}",
+                if web && claims.is_none() {
+                    " (the trust policy needs the token's claims: `s3-oidc-mount policy` prints it)"
+                } else {
+                    ""
+                }
+            ),
+            fix: None,
+        });
+    } else {
+        steps.push(Step {
+            name: POLICY,
+            outcome: Outcome::Info,
+            detail: "nothing to change (`s3-oidc-mount policy` prints the policies)".into(),
+            fix: None,
+        });
+    }
+
+    let mode = match t.mode {
+        CredentialMode::Gcp => "gcp",
+        CredentialMode::TokenFile => "token-file",
+        _ => "aws",
+    };
+    let header = match &t.mode_reason {
+        Some(why) => format!(
+            "s3-oidc-mount doctor {} with --credentials {mode} ({why})",
+            t.source
+        ),
+        None => format!(
+            "s3-oidc-mount doctor {} with --credentials {mode}",
+            t.source
+        ),
+    };
+    Report {
+        header,
+        steps,
+        policies,
+    }
+}
+
+/// HEAD and a small ranged GET of one object under the prefix (the first non-empty one
+/// listed, looking deeper than the first level if needed).
+async fn read_one<S: ObjectStore>(store: &S, first: &ListPage, t: &Target) -> Step {
+    let pick = |objects: &[ObjectMeta]| {
+        objects
+            .iter()
+            .find(|o| o.size > 0 && !o.key.ends_with('/'))
+            .or_else(|| objects.iter().find(|o| !o.key.ends_with('/')))
+            .cloned()
+    };
+    let mut chosen = pick(&first.objects).filter(|o| o.size > 0);
+    if chosen.is_none() {
+        // Only directories (or empty files) at the top: any object further down will do.
+        match store
+            .list_page(&t.source.prefix, false, ListFrom::Start, Some(1000))
+            .await
+        {
+            Ok(p) => chosen = pick(&p.objects),
+            Err(e) => {
+                return store_failure(
+                    READ,
+                    &format!("ListObjectsV2 {} (without delimiter)", t.source),
+                    &e,
+                    t,
+                    "s3:ListBucket",
+                );
+            }
+        }
+    }
+    let Some(obj) = chosen else {
+        return skip(
+            READ,
+            format!(
+                "no object under {} to read (the mount would be empty)",
+                t.source
+            ),
+        );
+    };
+    let url = format!("s3://{}/{}", t.source.bucket, obj.key);
+    let head = match store.head(&obj.key).await {
+        Ok(h) => h,
+        Err(e) => {
+            return store_failure(READ, &format!("HEAD {url}"), &e, t, "s3:GetObject");
+        }
+    };
+    if head.size == 0 {
+        return ok(READ, format!("HEAD {url}: 0 bytes, nothing to GET"));
+    }
+    let want = head.size.min(GET_BYTES);
+    let what = format!("GET {url} bytes 0-{}", want - 1);
+    let mut body = match store.get_range(&obj.key, 0..want, &head.etag).await {
+        Ok(b) => b,
+        Err(e) => return store_failure(READ, &what, &e, t, "s3:GetObject"),
+    };
+    let mut got = 0u64;
+    while let Some(chunk) = body.next().await {
+        match chunk {
+            Ok(c) => got += c.len() as u64,
+            Err(e) => return store_failure(READ, &what, &e, t, "s3:GetObject"),
+        }
+    }
+    if got != want {
+        return fail(
+            READ,
+            format!("{what}: {got} bytes received, {want} asked"),
+            "a proxy or the server truncates responses",
+        );
+    }
+    ok(
+        READ,
+        format!("HEAD and GET of {url}: {got} of {} bytes read", head.size),
+    )
+}
+
+/// The real environment: the metadata server, STS and S3 of the configuration.
+pub struct RealEnv {
+    cfg: AuthConfig,
+    plan: Plan,
+    s3: S3Options,
+}
+
+impl RealEnv {
+    /// Decides the credential mode (as `mount` would) and describes what is checked.
+    pub async fn new(cfg: AuthConfig, s3: S3Options, source: Source) -> (RealEnv, Target) {
+        let plan = auth::plan(&cfg).await;
+        let mode_reason = (cfg.mode == CredentialMode::Auto).then(|| {
+            match plan.mode {
+                CredentialMode::Gcp => "auto: a role is set and a metadata server answers",
+                CredentialMode::TokenFile => {
+                    "auto: a role and a token file are set, no metadata server answers"
+                }
+                _ => "auto: no role with a metadata server or token file",
+            }
+            .to_string()
+        });
+        let target = Target {
+            source,
+            mode: plan.mode,
+            mode_reason,
+            audience: cfg.audience.clone(),
+            role_arn: plan.role_arn.clone(),
+            token_file: plan.token_file.clone(),
+            endpoint: s3
+                .endpoint_url
+                .clone()
+                .unwrap_or_else(|| format!("AWS S3 in {}", s3.region)),
+            sts_endpoint: cfg
+                .sts_endpoint_url
+                .clone()
+                .unwrap_or_else(|| format!("https://sts.{}.amazonaws.com", cfg.sts_region)),
+            metadata_url: plan.gcp.base_url().to_string(),
+            session_policy: match &cfg.session_policy {
+                auth::SessionPolicy::Auto => "auto".into(),
+                auth::SessionPolicy::None => "none".into(),
+                auth::SessionPolicy::File(p) => format!("@{}", p.display()),
+            },
+        };
+        (RealEnv { cfg, plan, s3 }, target)
+    }
+}
+
+impl Env for RealEnv {
+    type Store = S3Store;
+
+    async fn metadata(&self) -> Result<String, String> {
+        self.plan
+            .gcp
+            .get("project/project-id", &[])
+            .await
+            .map(|p| p.trim().to_string())
+            .map_err(|e| e.to_string())
+    }
+
+    async fn identity_token(&self) -> Result<IdToken, TokenError> {
+        let source = match (&self.plan.mode, &self.plan.token_file) {
+            (CredentialMode::TokenFile, Some(path)) => {
+                TokenSource::File(TokenFile { path: path.clone() })
+            }
+            (CredentialMode::TokenFile, None) => {
+                return Err(TokenError::File {
+                    path: "(none)".into(),
+                    why:
+                        "--credentials token-file needs --token-file or AWS_WEB_IDENTITY_TOKEN_FILE"
+                            .into(),
+                });
+            }
+            _ => TokenSource::Gcp(self.plan.gcp.clone()),
+        };
+        // Not TokenSource::identity_token: an expired token is shown with its claims.
+        match source {
+            TokenSource::Gcp(g) => g.identity_token().await,
+            TokenSource::File(f) => f.identity_token().await,
+        }
+    }
+
+    async fn exchange(&self, token: &IdToken) -> Result<Session, ExchangeError> {
+        let (_, exchanger) = auth::web_identity(&self.cfg, self.plan.clone())
+            .await
+            .map_err(|e| ExchangeError::Config(e.to_string()))?;
+        exchanger.exchange(token).await.map_err(ExchangeError::Sts)
+    }
+
+    async fn aws_credentials(&self) -> Result<Credentials, String> {
+        auth::aws_chain(&self.cfg.sts_region)
+            .await
+            .provide_credentials()
+            .await
+            .map_err(|e| DisplayErrorContext(&e).to_string())
+    }
+
+    fn store(&self, credentials: Credentials) -> S3Store {
+        S3Store::new(&self.s3, SharedCredentialsProvider::new(credentials), true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::ByteStream;
+    use crate::store::memory::MemoryStore;
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use std::ops::Range;
+    use std::sync::Arc;
+
+    const SIG: &str = "c2lnbmF0dXJlLW5vdC1zaG93bg";
+
+    fn token(exp: u64) -> IdToken {
+        let payload = format!(
+            r#"{{"iss":"https://accounts.google.com","aud":"my-aud","azp":"1234","sub":"1234","exp":{exp}}}"#
+        );
+        IdToken::parse(format!(
+            "{}.{}.{SIG}",
+            URL_SAFE_NO_PAD.encode(br#"{"alg":"RS256"}"#),
+            URL_SAFE_NO_PAD.encode(payload)
+        ))
+        .unwrap()
+    }
+
+    /// A store that may refuse listings or reads, over an in-memory one.
+    #[derive(Clone)]
+    struct FakeStore {
+        inner: Arc<MemoryStore>,
+        deny_list: bool,
+        deny_get: bool,
+    }
+
+    fn denied() -> StoreError {
+        StoreError::AccessDenied {
+            code: "AccessDenied".into(),
+            message: "HTTP 403".into(),
+        }
+    }
+
+    impl ObjectStore for FakeStore {
+        async fn list_page(
+            &self,
+            prefix: &str,
+            delimited: bool,
+            from: ListFrom,
+            max_keys: Option<i32>,
+        ) -> Result<ListPage, StoreError> {
+            if self.deny_list {
+                return Err(denied());
+            }
+            self.inner
+                .list_page(prefix, delimited, from, max_keys)
+                .await
+        }
+
+        async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {
+            if self.deny_get {
+                return Err(denied());
+            }
+            self.inner.head(key).await
+        }
+
+        async fn get_range(
+            &self,
+            key: &str,
+            range: Range<u64>,
+            etag: &str,
+        ) -> Result<ByteStream, StoreError> {
+            self.inner.get_range(key, range, etag).await
+        }
+    }
+
+    struct FakeEnv {
+        metadata_up: bool,
+        token_exp: u64,
+        sts: Option<StsError>,
+        aws_chain: bool,
+        store: FakeStore,
+    }
+
+    impl FakeEnv {
+        fn healthy() -> FakeEnv {
+            let inner = Arc::new(MemoryStore::new());
+            inner.put("data/dir/a.bin", vec![7u8; 5000]);
+            inner.put("data/empty", Vec::new());
+            FakeEnv {
+                metadata_up: true,
+                token_exp: now_unix() + 3600,
+                sts: None,
+                aws_chain: true,
+                store: FakeStore {
+                    inner,
+                    deny_list: false,
+                    deny_get: false,
+                },
+            }
+        }
+    }
+
+    impl Env for FakeEnv {
+        type Store = FakeStore;
+
+        async fn metadata(&self) -> Result<String, String> {
+            if self.metadata_up {
+                Ok("test-project".into())
+            } else {
+                Err("metadata server http://127.0.0.1:1: unreachable (connection refused)".into())
+            }
+        }
+
+        async fn identity_token(&self) -> Result<IdToken, TokenError> {
+            Ok(token(self.token_exp))
+        }
+
+        async fn exchange(&self, t: &IdToken) -> Result<Session, ExchangeError> {
+            if let Some(e) = &self.sts {
+                return Err(ExchangeError::Sts(e.clone()));
+            }
+            let expiry = SystemTime::now() + Duration::from_secs(3600);
+            Ok(Session {
+                credentials: Credentials::new(
+                    "AKIDFAKE",
+                    "fake-secret",
+                    Some("fake-session".into()),
+                    Some(expiry),
+                    "fake",
+                ),
+                expiry,
+                assumed_role_arn: "arn:aws:sts::111:assumed-role/r/s".into(),
+                subject: t.claims.sub.clone(),
+                audience: t.claims.aud.clone(),
+                provider: t.claims.iss.clone(),
+            })
+        }
+
+        async fn aws_credentials(&self) -> Result<Credentials, String> {
+            if self.aws_chain {
+                Ok(Credentials::new(
+                    "AKIDFAKE",
+                    "fake-secret",
+                    None,
+                    None,
+                    "env",
+                ))
+            } else {
+                Err("no providers in chain provided credentials".into())
+            }
+        }
+
+        fn store(&self, _c: Credentials) -> FakeStore {
+            self.store.clone()
+        }
+    }
+
+    fn target(mode: CredentialMode, prefix: &str) -> Target {
+        Target {
+            source: Source {
+                bucket: "b".into(),
+                prefix: prefix.into(),
+            },
+            mode,
+            mode_reason: None,
+            audience: "my-aud".into(),
+            role_arn: Some("arn:aws:iam::111:role/r".into()),
+            token_file: None,
+            endpoint: "http://s3.test".into(),
+            sts_endpoint: "http://sts.test".into(),
+            metadata_url: "http://md.test".into(),
+            session_policy: "auto".into(),
+        }
+    }
+
+    fn outcomes(r: &Report) -> Vec<(&str, Outcome)> {
+        r.steps.iter().map(|s| (s.name, s.outcome)).collect()
+    }
+
+    #[tokio::test]
+    async fn everything_passes() {
+        let r = diagnose(&FakeEnv::healthy(), &target(CredentialMode::Gcp, "data/")).await;
+        assert_eq!(
+            outcomes(&r),
+            [
+                (METADATA, Outcome::Ok),
+                (TOKEN, Outcome::Ok),
+                (STS, Outcome::Ok),
+                (LIST, Outcome::Ok),
+                (READ, Outcome::Ok),
+                (POLICY, Outcome::Info)
+            ]
+        );
+        assert!(r.passed());
+        assert!(r.policies.is_empty());
+        let text = r.render();
+        assert!(text.contains("aud=my-aud azp=1234 sub=1234"), "{text}");
+        assert!(
+            text.contains("s3://b/data/dir/a.bin: 1024 of 5000 bytes"),
+            "{text}"
+        );
+        // The token is shown by its claims only.
+        assert!(!text.contains(SIG) && !text.contains("eyJ"), "{text}");
+        assert!(
+            !text.contains("fake-secret") && !text.contains("fake-session"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failure_skips_what_depends_on_it_and_shows_the_fix() {
+        let mut env = FakeEnv::healthy();
+        env.metadata_up = false;
+        let r = diagnose(&env, &target(CredentialMode::Gcp, "data/")).await;
+        assert!(!r.passed());
+        assert_eq!(r.steps[0].outcome, Outcome::Fail);
+        assert!(
+            r.steps[0]
+                .fix
+                .as_deref()
+                .unwrap()
+                .contains("GCE_METADATA_HOST")
+        );
+        for s in &r.steps[1..5] {
+            assert_eq!(s.outcome, Outcome::Skip, "{s:?}");
+            assert!(s.detail.contains("metadata server failed"), "{s:?}");
+        }
+        // No claims: only the permission policy can be shown.
+        assert_eq!(r.policies.len(), 1);
+
+        let mut env = FakeEnv::healthy();
+        env.sts = Some(StsError::Rejected {
+            code: "AccessDenied".into(),
+            message: "Not authorized".into(),
+        });
+        let r = diagnose(&env, &target(CredentialMode::Gcp, "data/")).await;
+        let sts = r.step(STS).unwrap();
+        assert_eq!(sts.outcome, Outcome::Fail);
+        assert!(
+            sts.detail.contains("AccessDenied") && sts.detail.contains("trust policy"),
+            "{sts:?}"
+        );
+        assert!(
+            sts.fix
+                .as_deref()
+                .unwrap()
+                .contains("accounts.google.com:oaud = my-aud"),
+            "{sts:?}"
+        );
+        assert_eq!(r.step(LIST).unwrap().outcome, Outcome::Skip);
+        assert_eq!(r.policies.len(), 2, "trust and permission policies");
+        assert_eq!(
+            r.policies[0].1["Statement"][0]["Condition"]["StringEquals"]["accounts.google.com:aud"],
+            "1234"
+        );
+
+        let mut env = FakeEnv::healthy();
+        env.token_exp = now_unix() - 60;
+        let r = diagnose(&env, &target(CredentialMode::Gcp, "data/")).await;
+        let tok = r.step(TOKEN).unwrap();
+        assert_eq!(tok.outcome, Outcome::Fail);
+        assert!(tok.detail.contains("expired 1m00s ago"), "{tok:?}");
+        assert_eq!(r.step(STS).unwrap().outcome, Outcome::Skip);
+    }
+
+    #[tokio::test]
+    async fn refused_listing_and_reads_name_the_permission() {
+        let mut env = FakeEnv::healthy();
+        env.store.deny_list = true;
+        let r = diagnose(&env, &target(CredentialMode::Gcp, "data/")).await;
+        let list = r.step(LIST).unwrap();
+        assert_eq!(list.outcome, Outcome::Fail);
+        let fix = list.fix.as_deref().unwrap();
+        assert!(
+            fix.contains("s3:ListBucket on arn:aws:s3:::b with s3:prefix \"data/\""),
+            "{fix}"
+        );
+        assert_eq!(r.step(READ).unwrap().outcome, Outcome::Skip);
+
+        let mut env = FakeEnv::healthy();
+        env.store.deny_get = true;
+        let r = diagnose(&env, &target(CredentialMode::Gcp, "data/")).await;
+        let read = r.step(READ).unwrap();
+        assert_eq!(read.outcome, Outcome::Fail);
+        assert!(
+            read.fix
+                .as_deref()
+                .unwrap()
+                .contains("s3:GetObject on arn:aws:s3:::b/data/*"),
+            "{read:?}"
+        );
+        assert!(!r.passed());
+    }
+
+    #[tokio::test]
+    async fn aws_mode_skips_the_identity_steps() {
+        let env = FakeEnv::healthy();
+        let r = diagnose(&env, &target(CredentialMode::Aws, "data/")).await;
+        assert_eq!(
+            outcomes(&r),
+            [
+                (METADATA, Outcome::Skip),
+                (TOKEN, Outcome::Skip),
+                (AWS_CHAIN, Outcome::Ok),
+                (LIST, Outcome::Ok),
+                (READ, Outcome::Ok),
+                (POLICY, Outcome::Info)
+            ]
+        );
+        assert!(r.passed());
+        let mut env = FakeEnv::healthy();
+        env.aws_chain = false;
+        let r = diagnose(&env, &target(CredentialMode::Aws, "data/")).await;
+        assert_eq!(r.step(AWS_CHAIN).unwrap().outcome, Outcome::Fail);
+        assert!(!r.passed());
+    }
+
+    #[tokio::test]
+    async fn an_empty_prefix_passes_with_nothing_to_read() {
+        let r = diagnose(
+            &FakeEnv::healthy(),
+            &target(CredentialMode::Gcp, "nothing/"),
+        )
+        .await;
+        assert_eq!(r.step(READ).unwrap().outcome, Outcome::Skip);
+        assert!(r.passed());
+        // Only directories at the top: an object further down is read.
+        let r = diagnose(&FakeEnv::healthy(), &target(CredentialMode::Gcp, "")).await;
+        let read = r.step(READ).unwrap();
+        assert_eq!(read.outcome, Outcome::Ok, "{read:?}");
+        assert!(read.detail.contains("data/dir/a.bin"), "{read:?}");
+    }
+}
