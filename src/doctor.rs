@@ -57,6 +57,8 @@ pub struct Step {
     pub outcome: Outcome,
     pub detail: String,
     pub fix: Option<String>,
+    /// A refusal (trust or permission) that the policies shown after the steps fix.
+    pub refused: bool,
 }
 
 pub struct Report {
@@ -164,6 +166,7 @@ fn ok(name: &'static str, detail: impl Into<String>) -> Step {
         outcome: Outcome::Ok,
         detail: detail.into(),
         fix: None,
+        refused: false,
     }
 }
 
@@ -173,6 +176,7 @@ fn fail(name: &'static str, detail: impl Into<String>, fix: impl Into<String>) -
         outcome: Outcome::Fail,
         detail: detail.into(),
         fix: Some(fix.into()),
+        refused: false,
     }
 }
 
@@ -182,6 +186,7 @@ fn skip(name: &'static str, why: impl Into<String>) -> Step {
         outcome: Outcome::Skip,
         detail: why.into(),
         fix: None,
+        refused: false,
     }
 }
 
@@ -334,11 +339,14 @@ fn store_failure(name: &'static str, what: &str, e: &StoreError, t: &Target, act
             ),
             "check the bucket name, --endpoint-url and --region",
         ),
-        StoreError::AccessDenied { code, message } => fail(
-            name,
-            format!("{what}: S3 refused ({code}): {message}"),
-            permission_fix(t, action),
-        ),
+        StoreError::AccessDenied { code, message } => Step {
+            refused: true,
+            ..fail(
+                name,
+                format!("{what}: S3 refused ({code}): {message}"),
+                permission_fix(t, action),
+            )
+        },
         StoreError::Credentials(m) => fail(
             name,
             format!("{what}: no usable credentials: {m}"),
@@ -465,22 +473,32 @@ pub async fn diagnose<E: Env>(env: &E, t: &Target) -> Report {
                     "give the role with --role-arn (or AWS_ROLE_ARN); `s3-oidc-mount policy` prints its policies",
                 ),
                 Some(Err(ExchangeError::Sts(e))) => {
-                    let code = match &e {
-                        StsError::ExpiredToken { .. } => "ExpiredTokenException",
-                        StsError::Transient { code, .. } | StsError::Rejected { code, .. } => {
-                            code.as_str()
-                        }
+                    let (code, message) = match &e {
+                        StsError::ExpiredToken { message } => ("ExpiredTokenException", message),
+                        StsError::Transient { code, message }
+                        | StsError::Rejected { code, message } => (code.as_str(), message),
                     };
                     let (meaning, fix) = explain_sts(code, claims.as_ref(), t);
-                    fail(
-                        STS,
-                        format!(
-                            "{} as {}: {e}: {meaning}",
-                            t.sts_endpoint,
-                            t.role_arn.as_deref().unwrap_or("-")
+                    let message = if message.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({message})")
+                    };
+                    Step {
+                        refused: matches!(
+                            code,
+                            "AccessDenied" | "IDPRejectedClaim" | "InvalidIdentityToken"
                         ),
-                        fix,
-                    )
+                        ..fail(
+                            STS,
+                            format!(
+                                "{} for role {}: {code}{message}: {meaning}",
+                                t.sts_endpoint,
+                                t.role_arn.as_deref().unwrap_or("-")
+                            ),
+                            fix,
+                        )
+                    }
                 }
                 None => timed_out(STS, &t.sts_endpoint),
             },
@@ -528,7 +546,7 @@ pub async fn diagnose<E: Env>(env: &E, t: &Target) -> Report {
                     let step = ok(
                         LIST,
                         format!(
-                            "{what}: {}{more} objects, {}{more} directories",
+                            "{what}: objects: {}{more}, directories: {}{more}",
                             p.objects.len(),
                             p.prefixes.len()
                         ),
@@ -556,49 +574,46 @@ pub async fn diagnose<E: Env>(env: &E, t: &Target) -> Report {
         failed = Some(READ);
     }
 
-    // 6. The policies that make it work.
+    // 6. The policies that make it work, when a refusal stopped it.
     let mut policies = Vec::new();
-    if let Some(f) = failed {
-        if web && let Some(c) = &claims {
+    let refusal = steps.iter().find(|s| s.refused).map(|s| s.name);
+    let detail = match (failed, refusal) {
+        (None, _) => "nothing to change (`s3-oidc-mount policy` prints the policies)".to_string(),
+        (Some(STS), Some(_)) => match &claims {
+            Some(c) => {
+                policies.push((
+                    format!(
+                        "Trust policy of the role{} (Trust relationships), for this token's claims:",
+                        t.role_arn
+                            .as_deref()
+                            .map(|r| format!(" {r}"))
+                            .unwrap_or_default()
+                    ),
+                    policy::trust_policy_for_claims(c, t.partition(), t.account()),
+                ));
+                "the trust policy below accepts this token".to_string()
+            }
+            None => "see `s3-oidc-mount policy` for the trust policy".to_string(),
+        },
+        (Some(f), Some(_)) => {
             policies.push((
                 format!(
-                    "Trust policy of the role{} (Trust relationships), for this token's claims:",
-                    t.role_arn
-                        .as_deref()
-                        .map(|r| format!(" {r}"))
-                        .unwrap_or_default()
+                    "Permission policy of the role (least privilege, read-only {}):",
+                    t.source
                 ),
-                policy::trust_policy_for_claims(c, t.partition(), t.account()),
+                policy::permission_policy(t.partition(), &t.source.bucket, &t.source.prefix),
             ));
+            format!("{f} was refused: the permission policy below allows it")
         }
-        policies.push((
-            format!(
-                "Permission policy (least privilege, read-only {}):",
-                t.source
-            ),
-            policy::permission_policy(t.partition(), &t.source.bucket, &t.source.prefix),
-        ));
-        steps.push(Step {
-            name: POLICY,
-            outcome: Outcome::Info,
-            detail: format!(
-                "{f} failed: the policies below would make this work{}",
-                if web && claims.is_none() {
-                    " (the trust policy needs the token's claims: `s3-oidc-mount policy` prints it)"
-                } else {
-                    ""
-                }
-            ),
-            fix: None,
-        });
-    } else {
-        steps.push(Step {
-            name: POLICY,
-            outcome: Outcome::Info,
-            detail: "nothing to change (`s3-oidc-mount policy` prints the policies)".into(),
-            fix: None,
-        });
-    }
+        (Some(f), None) => format!("not a policy problem: fix {f} first"),
+    };
+    steps.push(Step {
+        name: POLICY,
+        outcome: Outcome::Info,
+        detail,
+        fix: None,
+        refused: false,
+    });
 
     let mode = match t.mode {
         CredentialMode::Gcp => "gcp",
@@ -1021,8 +1036,14 @@ mod tests {
             assert_eq!(s.outcome, Outcome::Skip, "{s:?}");
             assert!(s.detail.contains("metadata server failed"), "{s:?}");
         }
-        // No claims: only the permission policy can be shown.
-        assert_eq!(r.policies.len(), 1);
+        // Not something a policy fixes: none shown.
+        assert!(r.policies.is_empty());
+        assert!(
+            r.step(POLICY)
+                .unwrap()
+                .detail
+                .contains("fix metadata server first")
+        );
 
         let mut env = FakeEnv::healthy();
         env.sts = Some(StsError::Rejected {
@@ -1044,7 +1065,7 @@ mod tests {
             "{sts:?}"
         );
         assert_eq!(r.step(LIST).unwrap().outcome, Outcome::Skip);
-        assert_eq!(r.policies.len(), 2, "trust and permission policies");
+        assert_eq!(r.policies.len(), 1, "the trust policy");
         assert_eq!(
             r.policies[0].1["Statement"][0]["Condition"]["StringEquals"]["accounts.google.com:aud"],
             "1234"
@@ -1072,6 +1093,11 @@ mod tests {
             "{fix}"
         );
         assert_eq!(r.step(READ).unwrap().outcome, Outcome::Skip);
+        assert_eq!(r.policies.len(), 1, "the permission policy");
+        assert_eq!(
+            r.policies[0].1["Statement"][1]["Resource"],
+            "arn:aws:s3:::b/data/*"
+        );
 
         let mut env = FakeEnv::healthy();
         env.store.deny_get = true;

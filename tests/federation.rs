@@ -17,111 +17,18 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use common::iam::{self, WebIdentityRole};
+use common::fed::{AUD, World, assert_no_secret, keyless, refs, secrets, strings};
+use common::iam;
 use common::idp::{self, IdentityMode, Idp};
 use common::stsproxy::{self, StsProxy};
 use common::*;
 
-/// The audience the roles trust (registered as the provider's client id).
-const AUD: &str = "https://s3-oidc-mount.test/federation";
 const OBTAINED: &str = "AWS credentials obtained";
 const STILL_SERVING: &str = "credential renewal failed; still serving with the current credentials";
 const EXPIRED: &str = "AWS credentials expired and cannot be renewed";
 const IDENTITY_PATH: &str = "/computeMetadata/v1/instance/service-accounts/default/identity";
 
 // ---- set-up ----
-
-/// One test's own world: metadata/OIDC stand-in, STS proxy, bucket with files, and a role
-/// trusting the stand-in (audience AUD, its subject) with read access to the bucket.
-struct World {
-    idp: Idp,
-    proxy: StsProxy,
-    bucket: String,
-    role: WebIdentityRole,
-    files: Vec<(String, Vec<u8>)>,
-}
-
-impl World {
-    fn new(tag: &str, files: Vec<(&str, Vec<u8>)>) -> World {
-        let idp = Idp::start();
-        let proxy = StsProxy::start();
-        let bucket = unique_bucket(tag);
-        create_bucket(&bucket);
-        let files: Vec<(String, Vec<u8>)> =
-            files.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
-        for (k, v) in &files {
-            put(&bucket, k, v.clone());
-        }
-        let role = rt().block_on(iam::federate(&idp, AUD, &bucket, None));
-        World {
-            idp,
-            proxy,
-            bucket,
-            role,
-            files,
-        }
-    }
-
-    fn source(&self) -> String {
-        format!("s3://{}", self.bucket)
-    }
-
-    /// `--credentials gcp` with this world's role, audience and STS proxy.
-    fn gcp_args(&self) -> Vec<String> {
-        strings(&[
-            "--credentials",
-            "gcp",
-            "--role-arn",
-            &self.role.arn,
-            "--audience",
-            AUD,
-            "--sts-endpoint-url",
-            &self.proxy.url(),
-        ])
-    }
-
-    fn file(&self, key: &str) -> &[u8] {
-        &self
-            .files
-            .iter()
-            .find(|(k, _)| k == key)
-            .unwrap_or_else(|| panic!("no file {key}"))
-            .1
-    }
-}
-
-fn strings(v: &[&str]) -> Vec<String> {
-    v.iter().map(|s| s.to_string()).collect()
-}
-
-fn refs(v: &[String]) -> Vec<&str> {
-    v.iter().map(String::as_str).collect()
-}
-
-/// The daemon's environment for keyless mode: no AWS_* variable of the test's (so no key
-/// at all; the admin keys stay with the test), the EC2 metadata client off, no shared AWS
-/// config files, and the metadata server at `metadata_host`.
-fn keyless(metadata_host: &str) -> Spawn {
-    Spawn {
-        env_remove: std::env::vars()
-            .map(|(k, _)| k)
-            .filter(|k| k.starts_with("AWS_") || k.starts_with("S3_OIDC_MOUNT_"))
-            .collect(),
-        env: vec![
-            ("AWS_EC2_METADATA_DISABLED".into(), "true".into()),
-            (
-                "AWS_SHARED_CREDENTIALS_FILE".into(),
-                "/nonexistent/s3-oidc-mount-test/credentials".into(),
-            ),
-            (
-                "AWS_CONFIG_FILE".into(),
-                "/nonexistent/s3-oidc-mount-test/config".into(),
-            ),
-            ("GCE_METADATA_HOST".into(), metadata_host.into()),
-        ],
-        cwd: None,
-    }
-}
 
 fn mount_keyless(w: &World, extra: &[String], spawn: &Spawn) -> Mount {
     mount_with(&w.source(), &refs(extra), spawn)
@@ -270,56 +177,6 @@ fn identity_audiences(idp: &Idp) -> Vec<(String, bool)> {
             (get("audience"), get("format") == "standard")
         })
         .collect()
-}
-
-/// Every secret the daemon handled, as (description, text to look for): the identity tokens
-/// (whole, and their signature alone), the secret keys and session tokens STS issued (whole
-/// and a 32-character head), and the RGW admin's secret key (which the daemon must not have).
-fn secrets(tokens: &[String], proxy: &StsProxy) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    let mut tokens: Vec<String> = tokens.to_vec();
-    tokens.extend(
-        proxy
-            .requests()
-            .iter()
-            .filter_map(|r| r.field("WebIdentityToken").map(str::to_string)),
-    );
-    tokens.sort();
-    tokens.dedup();
-    for t in &tokens {
-        out.push(("identity token".to_string(), t.clone()));
-        if let Some(sig) = t.rsplit('.').next().filter(|s| s.len() >= 40) {
-            out.push(("identity token signature".to_string(), sig.to_string()));
-        }
-    }
-    for c in proxy.issued() {
-        out.push(("secret access key".to_string(), c.secret_access_key.clone()));
-        out.push(("session token".to_string(), c.session_token.clone()));
-        if c.session_token.len() > 32 {
-            out.push((
-                "session token head".to_string(),
-                c.session_token[..32].to_string(),
-            ));
-        }
-    }
-    if let Ok(admin) = std::env::var("AWS_SECRET_ACCESS_KEY") {
-        out.push(("the RGW admin's secret key".to_string(), admin));
-    }
-    assert!(
-        out.iter().any(|(w, _)| w == "identity token"),
-        "no identity token to look for"
-    );
-    out
-}
-
-fn assert_no_secret(place: &str, haystack: &[u8], secrets: &[(String, String)]) {
-    let text = String::from_utf8_lossy(haystack);
-    for (what, s) in secrets {
-        assert!(
-            !s.is_empty() && !text.contains(s.as_str()),
-            "{what} found in {place}"
-        );
-    }
 }
 
 /// Reads `key` through the mount: stat (size), open and read all (bytes); with

@@ -3,6 +3,7 @@
 //! by the real binary, checked through ordinary syscalls and tools.
 #![allow(dead_code)]
 
+pub mod fed;
 pub mod iam;
 pub mod idp;
 pub mod stsproxy;
@@ -283,5 +284,52 @@ pub fn run_bin(args: &[&str], timeout: Duration) -> (ExitStatus, String) {
             );
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// What [`run_bin_with`] gives back.
+pub struct Finished {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs the binary to completion with a changed environment, capturing stdout and stderr.
+pub fn run_bin_with(args: &[&str], spawn: &Spawn, timeout: Duration) -> Finished {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (out, err) = (dir.path().join("stdout"), dir.path().join("stderr"));
+    let mut cmd = Command::new(BIN);
+    cmd.args(args);
+    for k in &spawn.env_remove {
+        cmd.env_remove(k);
+    }
+    for (k, v) in &spawn.env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
+        .stdout(std::fs::File::create(&out).expect("stdout file"))
+        .stderr(std::fs::File::create(&err).expect("stderr file"))
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{args:?} did not finish within {timeout:?}; stdout:\n{}\nstderr:\n{}",
+                std::fs::read_to_string(&out).unwrap_or_default(),
+                std::fs::read_to_string(&err).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Finished {
+        status,
+        stdout: std::fs::read_to_string(&out).unwrap_or_default(),
+        stderr: std::fs::read_to_string(&err).unwrap_or_default(),
     }
 }
