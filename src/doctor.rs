@@ -246,11 +246,15 @@ fn explain_sts(code: &str, claims: Option<&Claims>, t: &Target) -> (&'static str
     match code {
         "AccessDenied" | "IDPRejectedClaim" => (
             "the role's trust policy does not accept this token",
-            if hint.is_empty() {
-                "compare the role's trust policy with the token's claims".into()
-            } else {
-                hint
-            },
+            format!(
+                "{}; or, if the role is right, request the audience it trusts (--audience) as the \
+                 service account it trusts",
+                if hint.is_empty() {
+                    "compare the role's trust policy with the token's claims"
+                } else {
+                    &hint
+                }
+            ),
         ),
         "InvalidIdentityToken" => (
             "STS could not validate the token (issuer not trusted, or a key or thumbprint mismatch)",
