@@ -175,7 +175,14 @@ where
         obj.insert("message".into(), message.into());
         obj.insert("time".into(), now.clone().into());
         obj.insert("timestamp".into(), now.into());
-        obj.insert("target".into(), meta.target().into());
+        // Events bridged from the `log` crate (fuser) carry their origin as `log.*` fields:
+        // keep the target, drop the build machine's file paths.
+        let target = match fields.remove("log.target") {
+            Some(Value::String(t)) => t,
+            _ => meta.target().to_string(),
+        };
+        fields.retain(|k, _| !k.starts_with("log."));
+        obj.insert("target".into(), target.into());
         let mut clashing = Map::new();
         for (k, v) in fields {
             if RESERVED.contains(&k.as_str()) {
@@ -297,13 +304,22 @@ mod tests {
                 r#"quote " and newline
  inside"#
             );
+            // As the `log` bridge records fuser's messages.
+            tracing::info!(
+                log.target = "fuser::session",
+                log.file = "/root/.cargo/x.rs",
+                log.line = 3u64,
+                "Mounting"
+            );
         });
         let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
         let lines: Vec<Value> = text
             .lines()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
             .collect();
-        assert_eq!(lines.len(), 4, "{text}");
+        assert_eq!(lines.len(), 5, "{text}");
+        assert_eq!(lines[4]["target"], "fuser::session");
+        assert!(lines[4].get("log.file").is_none(), "{}", lines[4]);
         let w = &lines[0];
         assert_eq!(w["severity"], "WARNING");
         assert_eq!(w["message"], "request failed");

@@ -305,19 +305,14 @@ impl Prepared {
             status,
             http,
         } = self;
-        let r = attach(cfg, mountpoint, store, started, status).await;
-        match r {
-            Ok(mut m) => {
-                m.http = http;
-                Ok(m)
-            }
-            Err(e) => {
-                if let Some(h) = http {
-                    h.abort();
-                }
-                Err(e)
-            }
+        let abort = http.as_ref().map(|h| h.abort_handle());
+        let r = attach(cfg, mountpoint, store, started, status, http).await;
+        if r.is_err()
+            && let Some(h) = abort
+        {
+            h.abort();
         }
+        r
     }
 }
 
@@ -327,6 +322,7 @@ async fn attach(
     store: Arc<S3Store>,
     started: Instant,
     status: Arc<Status>,
+    http: Option<tokio::task::JoinHandle<()>>,
 ) -> Result<Mounted, MountError> {
     let cache = BlockCache::new(cfg.cache_bytes as usize);
     let fs = Fs::new(store, cfg.fs.clone(), cache.clone());
@@ -388,7 +384,7 @@ async fn attach(
         session: Some(session),
         mountpoint,
         status,
-        http: None,
+        http,
     })
 }
 
