@@ -28,7 +28,7 @@ use crate::store::{ListFrom, ListPage, ObjectMeta, ObjectStore, StoreError};
 use crate::util::rfc3339;
 
 /// Longest any one step may take (STS and S3 retry inside it).
-const STEP_TIMEOUT: Duration = Duration::from_secs(30);
+const STEP_TIMEOUT: Duration = Duration::from_secs(65);
 /// Bytes read by the GET step.
 const GET_BYTES: u64 = 1024;
 
@@ -291,6 +291,19 @@ fn explain_sts(code: &str, claims: Option<&Claims>, t: &Target) -> (&'static str
             "STS is not activated in this region",
             "activate the region in the IAM account settings, or use --sts-region with an active one"
                 .into(),
+        ),
+        "InvalidClientTokenId" => (
+            "STS did not accept the request's credentials",
+            "AssumeRoleWithWebIdentity is sent unsigned: usually the STS region is not enabled for \
+             the account (--sts-region), or something between us and STS signs it with other keys"
+                .into(),
+        ),
+        "InvalidAction" | "InvalidArgument" => (
+            "the endpoint does not take AssumeRoleWithWebIdentity",
+            format!(
+                "check that {} is an STS endpoint (--sts-endpoint-url), not S3 or a proxy",
+                t.sts_endpoint
+            ),
         ),
         "NetworkError" => (
             "STS did not answer",

@@ -22,8 +22,9 @@ use crate::auth::refresh::Refresher;
 use crate::cache::BlockCache;
 use crate::metrics;
 
-/// Longest a client may take to send its request head.
-const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest a client may take to send its request head, or to take the answer (a slow client
+/// holds one of the few connection slots for at most about twice this).
+const READ_TIMEOUT: Duration = Duration::from_secs(2);
 /// Largest request head accepted.
 const MAX_HEAD: usize = 8 << 10;
 /// Connections served at once; more are closed at once (probes and scrapers are few).
@@ -316,16 +317,18 @@ async fn route(method: &str, path: &str, status: &Status) -> Response {
 }
 
 async fn handle(mut stream: TcpStream, status: &Status) {
-    let (head_only, resp) =
+    // `refused`: the head was not read whole, so the client may still be sending it.
+    let (head_only, refused, resp) =
         match tokio::time::timeout(READ_TIMEOUT, read_request(&mut stream)).await {
             Ok(Ok((method, path))) => {
                 let resp = route(&method, &path, status).await;
                 tracing::debug!(method, path, code = resp.code, "HTTP request");
-                (method == "HEAD", resp)
+                (method == "HEAD", false, resp)
             }
-            Ok(Err(code)) => (false, Response::text(code, "bad request\n")),
+            Ok(Err(code)) => (false, true, Response::text(code, "bad request\n")),
             Err(_) => (
                 false,
+                true,
                 Response::text(400, "request head not received in time\n"),
             ),
         };
@@ -346,6 +349,9 @@ async fn handle(mut stream: TcpStream, status: &Status) {
     let _ = tokio::time::timeout(READ_TIMEOUT, async {
         let _ = stream.write_all(out.as_bytes()).await;
         let _ = stream.shutdown().await;
+        if !refused {
+            return;
+        }
         // Read what the client still sends (a refused oversized head) before closing:
         // closing with unread input would reset the connection and lose the answer.
         let mut sink = [0u8; 4096];

@@ -136,14 +136,26 @@ const RESERVED: &[&str] = &[
     "fields",
 ];
 
+/// The time of a line in both of Cloud Logging's forms: `time` (RFC 3339) and `timestamp`
+/// (`{"seconds", "nanos"}`, the form that field must have there).
+fn insert_time(obj: &mut Map<String, Value>) {
+    let now = std::time::SystemTime::now();
+    let d = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    obj.insert("time".into(), crate::util::rfc3339(now).into());
+    obj.insert(
+        "timestamp".into(),
+        serde_json::json!({"seconds": d.as_secs(), "nanos": d.subsec_nanos()}),
+    );
+}
+
 /// One JSON log line (without an event), e.g. for the final error message.
 pub fn json_line(severity: &str, message: &str) -> String {
-    let now = crate::util::rfc3339(std::time::SystemTime::now());
     let mut obj = Map::new();
     obj.insert("severity".into(), severity.into());
     obj.insert("message".into(), message.into());
-    obj.insert("time".into(), now.clone().into());
-    obj.insert("timestamp".into(), now.into());
+    insert_time(&mut obj);
     Value::Object(obj).to_string()
 }
 
@@ -169,12 +181,10 @@ where
             Some(other) => other.to_string(),
             None => String::new(),
         };
-        let now = crate::util::rfc3339(std::time::SystemTime::now());
         let mut obj = Map::new();
         obj.insert("severity".into(), severity(meta.level()).into());
         obj.insert("message".into(), message.into());
-        obj.insert("time".into(), now.clone().into());
-        obj.insert("timestamp".into(), now.into());
+        insert_time(&mut obj);
         // Events bridged from the `log` crate (fuser) carry their origin as `log.*` fields:
         // keep the target, drop the build machine's file paths.
         let target = match fields.remove("log.target") {
@@ -332,7 +342,8 @@ mod tests {
             t.len() == 24 && t.ends_with('Z') && &t[10..11] == "T",
             "{t}"
         );
-        assert_eq!(w["timestamp"], w["time"]);
+        assert!(w["timestamp"]["seconds"].as_u64().unwrap() > 1_700_000_000);
+        assert!(w["timestamp"]["nanos"].as_u64().unwrap() < 1_000_000_000);
         assert_eq!(w["spans"][0]["name"], "fuse");
         assert_eq!(w["spans"][0]["op"], "read");
         assert_eq!(w["spans"][0]["ino"], 7);

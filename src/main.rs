@@ -231,6 +231,29 @@ fn mount_config(a: &MountArgs) -> anyhow::Result<MountConfig> {
         kernel_readahead: a.kernel_readahead,
         fuse_threads: usize::from(a.fuse_threads),
         http_addr: a.http_addr,
-        ready_min_validity: a.ready_min_validity,
+        ready_min_validity: ready_min_validity(a),
     })
+}
+
+/// /readyz wants credentials valid for at least this long; it must stay below the point
+/// where renewal starts (the margin, at least 20 s, less up to a fifth of jitter), or the
+/// mount would report unready before every renewal while all is well.
+fn ready_min_validity(a: &MountArgs) -> std::time::Duration {
+    let renewal = a
+        .auth
+        .refresh_margin
+        .max(std::time::Duration::from_secs(20))
+        * 4
+        / 5;
+    if a.ready_min_validity < renewal {
+        return a.ready_min_validity;
+    }
+    let lowered = renewal / 2;
+    tracing::warn!(
+        ready_min_validity_s = a.ready_min_validity.as_secs_f64(),
+        refresh_margin_s = a.auth.refresh_margin.as_secs_f64(),
+        lowered_to_s = lowered.as_secs_f64(),
+        "--ready-min-validity is not below the renewal point of --refresh-margin; lowered so /readyz does not fail before every renewal"
+    );
+    lowered
 }

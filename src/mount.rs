@@ -501,22 +501,31 @@ impl Mounted {
             tokio::task::spawn_blocking(move || session.umount_and_join()),
         )
         .await;
-        match joined {
-            Ok(Ok(Ok(()))) => {}
+        let result = match joined {
+            Ok(Ok(Ok(()))) => Ok(()),
             Ok(Ok(Err(e))) if e.raw_os_error() == Some(libc::EBUSY) => {
                 tracing::warn!(mountpoint = %mp, "mount busy (files open); detaching lazily");
-                lazy_unmount(&self.mountpoint)?;
+                lazy_unmount(&self.mountpoint)
             }
             Ok(Ok(Err(e))) if is_mount_point(&self.mountpoint) => {
-                return Err(MountError::Io(format!("unmount of {mp} failed: {e}")));
+                Err(MountError::Io(format!("unmount of {mp} failed: {e}")))
             }
-            Ok(Ok(Err(e))) => tracing::debug!(error = %e, "FUSE session ended with an error"),
-            Ok(Err(e)) => return Err(MountError::Io(format!("unmount task failed: {e}"))),
-            Err(_) => tracing::warn!(mountpoint = %mp, "FUSE threads did not stop within 3 s"),
+            Ok(Ok(Err(e))) => {
+                tracing::debug!(error = %e, "FUSE session ended with an error");
+                Ok(())
+            }
+            Ok(Err(e)) => Err(MountError::Io(format!("unmount task failed: {e}"))),
+            Err(_) => {
+                tracing::warn!(mountpoint = %mp, "FUSE threads did not stop within 3 s");
+                Ok(())
+            }
+        };
+        if result.is_ok() {
+            tracing::info!(mountpoint = %mp, "unmounted");
         }
-        tracing::info!(mountpoint = %mp, "unmounted");
+        // The summary and the end of the endpoints come whether or not the unmount worked.
         self.finished();
-        Ok(())
+        result
     }
 
     /// The end of the mount: the HTTP endpoints stop, and one summary line says what it did.

@@ -12,11 +12,9 @@ mod common;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use common::iam::{self, WebIdentityRole};
-use common::idp::Idp;
+use common::fed::{AUD, World};
 use common::*;
 
-const AUD: &str = "https://s3-oidc-mount.test/container";
 const DOCKER: &str = "/usr/bin/docker";
 
 fn image(var: &str) -> String {
@@ -25,58 +23,33 @@ fn image(var: &str) -> String {
     })
 }
 
-struct World {
-    idp: Idp,
-    bucket: String,
-    role: WebIdentityRole,
-    files: Vec<(String, Vec<u8>)>,
+fn files() -> Vec<(&'static str, Vec<u8>)> {
+    vec![
+        ("hello.txt", b"hello from s3\n".to_vec()),
+        ("data/blob.bin", random_bytes(5 << 20, 41)),
+        ("data/deeper/ünïcode name.csv", b"a,b\n1,2\n".to_vec()),
+        ("empty", Vec::new()),
+    ]
 }
 
-impl World {
-    fn new(tag: &str) -> World {
-        let idp = Idp::start();
-        let bucket = unique_bucket(tag);
-        create_bucket(&bucket);
-        let files = vec![
-            ("hello.txt".to_string(), b"hello from s3\n".to_vec()),
-            ("data/blob.bin".to_string(), random_bytes(5 << 20, 41)),
-            (
-                "data/deeper/ünïcode name.csv".to_string(),
-                b"a,b\n1,2\n".to_vec(),
-            ),
-            ("empty".to_string(), Vec::new()),
-        ];
-        for (k, v) in &files {
-            put(&bucket, k, v.clone());
-        }
-        let role = rt().block_on(iam::federate(&idp, AUD, &bucket, None));
-        World {
-            idp,
-            bucket,
-            role,
-            files,
-        }
-    }
-
-    /// `docker run` options for a keyless mount of this world's bucket: configuration only
-    /// through S3_OIDC_MOUNT_* variables, no AWS key anywhere.
-    fn env_args(&self) -> Vec<String> {
-        let env = [
-            ("S3_OIDC_MOUNT_SOURCE", format!("s3://{}", self.bucket)),
-            ("S3_OIDC_MOUNT_ENDPOINT_URL", endpoint()),
-            ("S3_OIDC_MOUNT_FORCE_PATH_STYLE", "true".into()),
-            ("S3_OIDC_MOUNT_REGION", "us-east-1".into()),
-            ("S3_OIDC_MOUNT_CREDENTIALS", "gcp".into()),
-            ("S3_OIDC_MOUNT_ROLE_ARN", self.role.arn.clone()),
-            ("S3_OIDC_MOUNT_AUDIENCE", AUD.into()),
-            ("S3_OIDC_MOUNT_STS_ENDPOINT_URL", endpoint()),
-            ("GCE_METADATA_HOST", self.idp.host_port()),
-            ("AWS_EC2_METADATA_DISABLED", "true".into()),
-        ];
-        env.iter()
-            .flat_map(|(k, v)| ["-e".to_string(), format!("{k}={v}")])
-            .collect()
-    }
+/// `docker run` options for a keyless mount of the world's bucket: configuration only
+/// through S3_OIDC_MOUNT_* variables, no AWS key anywhere.
+fn env_args(w: &World) -> Vec<String> {
+    let env = [
+        ("S3_OIDC_MOUNT_SOURCE", w.source()),
+        ("S3_OIDC_MOUNT_ENDPOINT_URL", endpoint()),
+        ("S3_OIDC_MOUNT_FORCE_PATH_STYLE", "true".into()),
+        ("S3_OIDC_MOUNT_REGION", "us-east-1".into()),
+        ("S3_OIDC_MOUNT_CREDENTIALS", "gcp".into()),
+        ("S3_OIDC_MOUNT_ROLE_ARN", w.role.arn.clone()),
+        ("S3_OIDC_MOUNT_AUDIENCE", AUD.into()),
+        ("S3_OIDC_MOUNT_STS_ENDPOINT_URL", w.proxy.url()),
+        ("GCE_METADATA_HOST", w.idp.host_port()),
+        ("AWS_EC2_METADATA_DISABLED", "true".into()),
+    ];
+    env.iter()
+        .flat_map(|(k, v)| ["-e".to_string(), format!("{k}={v}")])
+        .collect()
 }
 
 /// A container name unique to this run; the container is removed when dropped.
@@ -162,14 +135,14 @@ fn epoch_secs() -> f64 {
 #[ignore = "needs the images: scripts/test.sh builds them"]
 fn app_image_reads_keyless_as_app_user_and_stops_cleanly() {
     let app_image = image("S3OM_TEST_APP_IMAGE");
-    let w = World::new("ctr");
+    let w = World::new("ctr", files());
     let c = Container::new("app");
     let mut args: Vec<String> = ["run", "-d", "--name", &c.0, "--device", "/dev/fuse"]
         .iter()
         .map(|s| s.to_string())
         .collect();
     args.extend(["--cap-add", "SYS_ADMIN", "--network", "host"].map(String::from));
-    args.extend(w.env_args());
+    args.extend(env_args(&w));
     args.push(app_image);
     let t0 = epoch_secs();
     let out = docker(&args.iter().map(String::as_str).collect::<Vec<_>>());
@@ -208,9 +181,11 @@ fn app_image_reads_keyless_as_app_user_and_stops_cleanly() {
         .find_map(|l| l.strip_prefix("app: first read done at "))
         .and_then(|t| t.trim().parse().ok())
         .unwrap_or_else(|| panic!("no first-read line:\n{logs}"));
-    // The keyless path really ran: the daemon asked the stand-in for a token for AUD...
+    // The keyless path really ran: the daemon asked the stand-in for a token for AUD and
+    // exchanged it with STS...
     assert!(w.idp.identity_requests() >= 1);
     assert_eq!(w.idp.last_audience().as_deref(), Some(AUD));
+    assert!(w.proxy.request_count() > 0, "no STS request seen");
     // ...and no token it served shows in the container's output.
     for token in w.idp.tokens_served() {
         let sig = token.rsplit('.').next().unwrap_or_default();
@@ -254,7 +229,7 @@ fn app_image_reads_keyless_as_app_user_and_stops_cleanly() {
 #[ignore = "needs the images: scripts/test.sh builds them"]
 fn without_fuse_device_or_capability_the_container_exits_with_a_message() {
     let base = image("S3OM_TEST_IMAGE");
-    let w = World::new("ctrfail");
+    let w = World::new("ctrfail", files());
     // The app would announce itself; it must never start.
     let app = ["run", "--", "sh", "-c", "echo APP-STARTED"].map(String::from);
     let cases: [(&str, &[&str], &str); 2] = [
@@ -276,7 +251,7 @@ fn without_fuse_device_or_capability_the_container_exits_with_a_message() {
             .map(|s| s.to_string())
             .collect();
         args.extend(opts.iter().map(|s| s.to_string()));
-        args.extend(w.env_args());
+        args.extend(env_args(&w));
         args.push(base.clone());
         args.extend(app.iter().cloned());
         let (code, out) = run_to_end(&args, Duration::from_secs(60));

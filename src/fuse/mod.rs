@@ -98,13 +98,20 @@ fn errno(e: &FsError) -> Errno {
 /// Expected answers (ENOENT, EROFS, ...) go to debug; failures to warn, at most once a second
 /// per operation and errno (an outage would otherwise log every request), with the number
 /// of failures held back since.
-fn log_error(op: FuseOp, path: &str, e: &FsError) {
+/// `path` is only built when the line is written: it takes the inode table's lock, and an
+/// error storm (or a negative-lookup flood) must not pay for lines nobody sees.
+fn log_error(op: FuseOp, path: impl FnOnce() -> String, e: &FsError) {
     let errno = e.errno();
-    if !metrics::is_failure(errno) {
-        tracing::debug!(op = op.label(), path, errno, error = %e, "request failed");
-    } else if let Some(suppressed) = WARN_LIMIT.admit((op.label(), errno)) {
-        tracing::warn!(op = op.label(), path, errno, error = %e, suppressed, "request failed");
+    let warn = if metrics::is_failure(errno) {
+        WARN_LIMIT.admit((op.label(), errno))
     } else {
+        None
+    };
+    if let Some(suppressed) = warn {
+        let path = path();
+        tracing::warn!(op = op.label(), path, errno, error = %e, suppressed, "request failed");
+    } else if tracing::enabled!(tracing::Level::DEBUG) {
+        let path = path();
         tracing::debug!(op = op.label(), path, errno, error = %e, "request failed");
     }
 }
@@ -195,7 +202,7 @@ impl<S: ObjectStore> fuser::Filesystem for FuseAdapter<S> {
                 }
                 Err(e) => {
                     done(FuseOp::Lookup, t0, e.errno());
-                    log_error(FuseOp::Lookup, &fs.describe(parent.0, Some(&name)), &e);
+                    log_error(FuseOp::Lookup, || fs.describe(parent.0, Some(&name)), &e);
                     reply.error(errno(&e))
                 }
             }
@@ -223,7 +230,7 @@ impl<S: ObjectStore> fuser::Filesystem for FuseAdapter<S> {
                 }
                 Err(e) => {
                     done(FuseOp::Getattr, t0, e.errno());
-                    log_error(FuseOp::Getattr, &fs.describe(ino.0, None), &e);
+                    log_error(FuseOp::Getattr, || fs.describe(ino.0, None), &e);
                     reply.error(errno(&e))
                 }
             }
@@ -335,7 +342,7 @@ impl<S: ObjectStore> fuser::Filesystem for FuseAdapter<S> {
                 }
                 Err(e) => {
                     done(FuseOp::Open, t0, e.errno());
-                    log_error(FuseOp::Open, &fs.describe(ino.0, None), &e);
+                    log_error(FuseOp::Open, || fs.describe(ino.0, None), &e);
                     reply.error(errno(&e))
                 }
             }
@@ -383,7 +390,7 @@ impl<S: ObjectStore> fuser::Filesystem for FuseAdapter<S> {
                     None => reply.data(&crate::fs::read::concat(&parts)),
                 },
                 Err(e) => {
-                    log_error(FuseOp::Read, &fs.describe(ino.0, None), &e);
+                    log_error(FuseOp::Read, || fs.describe(ino.0, None), &e);
                     reply.error(errno(&e))
                 }
             }
@@ -444,7 +451,7 @@ impl<S: ObjectStore> fuser::Filesystem for FuseAdapter<S> {
                 }
                 Err(e) => {
                     done(FuseOp::Opendir, t0, e.errno());
-                    log_error(FuseOp::Opendir, &fs.describe(ino.0, None), &e);
+                    log_error(FuseOp::Opendir, || fs.describe(ino.0, None), &e);
                     reply.error(errno(&e))
                 }
             }
@@ -474,7 +481,7 @@ impl<S: ObjectStore> fuser::Filesystem for FuseAdapter<S> {
             }
             Err(e) => {
                 done(FuseOp::Readdir, t0, e.errno());
-                log_error(FuseOp::Readdir, &self.fs.describe(ino.0, None), &e);
+                log_error(FuseOp::Readdir, || self.fs.describe(ino.0, None), &e);
                 reply.error(errno(&e));
             }
         }
@@ -498,7 +505,7 @@ impl<S: ObjectStore> fuser::Filesystem for FuseAdapter<S> {
                             // One entry left out; the request itself succeeds.
                             log_error(
                                 FuseOp::Readdirplus,
-                                &self.fs.describe(ino.0, Some(&e.name)),
+                                || self.fs.describe(ino.0, Some(&e.name)),
                                 &err,
                             );
                             continue;
@@ -525,7 +532,7 @@ impl<S: ObjectStore> fuser::Filesystem for FuseAdapter<S> {
             }
             Err(e) => {
                 done(FuseOp::Readdirplus, t0, e.errno());
-                log_error(FuseOp::Readdirplus, &self.fs.describe(ino.0, None), &e);
+                log_error(FuseOp::Readdirplus, || self.fs.describe(ino.0, None), &e);
                 reply.error(errno(&e));
             }
         }
