@@ -208,6 +208,17 @@ fn poll(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// The first 200 answer of `path` within 10 s, else the last answer: the kernel shows the
+/// mount a moment before the daemon has finished attaching it.
+fn wait_for(addr: &str, path: &str) -> (u16, String) {
+    let mut last = (0, String::new());
+    poll(Duration::from_secs(10), || {
+        last = http_get(addr, path);
+        last.0 == 200
+    });
+    last
+}
+
 /// The address of the daemon's HTTP endpoints, from its log (text or JSON).
 fn http_addr(m: &Mount) -> String {
     let mut addr = None;
@@ -278,14 +289,8 @@ fn metrics_health_json_log_and_summary_follow_real_reads() {
     );
     let addr = http_addr(&m);
 
-    // The kernel shows the mount a moment before the daemon has finished attaching.
-    let mut last = (0, String::new());
-    let healthy = poll(Duration::from_secs(10), || {
-        last = http_get(&addr, "/healthz");
-        last.0 == 200
-    });
-    assert!(healthy, "/healthz never 200: {last:?}");
-    assert_eq!(last.1, "ok\n");
+    let (code, body) = wait_for(&addr, "/healthz");
+    assert_eq!((code, body.as_str()), (200, "ok\n"));
     let (code, body) = http_get(&addr, "/readyz");
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("credentials from the AWS chain"), "{body}");
@@ -474,7 +479,7 @@ fn readyz_follows_the_credentials_validity() {
     ]));
     let mut m = mount_with(&w.source(), &refs(&args), &keyless(&w.idp.host_port()));
     let addr = http_addr(&m);
-    let (code, body) = http_get(&addr, "/readyz");
+    let (code, body) = wait_for(&addr, "/readyz");
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("credentials valid for"), "{body}");
     let expiry_gauge = |s: &Scrape| s.get("s3om_credentials_expiry_timestamp_seconds", &[]);
