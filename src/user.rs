@@ -80,58 +80,65 @@ enum PwKey<'a> {
     Name(&'a str),
 }
 
-fn getpw(key: PwKey<'_>) -> Result<Option<Passwd>, String> {
+/// Runs a reentrant libc lookup (getpw*_r, getgr*_r) with a buffer that grows while the
+/// answer does not fit (ERANGE). `call` returns the status and what it found.
+fn with_buffer<T>(
+    file: &str,
+    mut call: impl FnMut(&mut [u8]) -> (libc::c_int, Option<T>),
+) -> Result<Option<T>, String> {
     let mut buf = vec![0u8; 4096];
     loop {
+        match call(&mut buf) {
+            (libc::ERANGE, _) if buf.len() < 1 << 20 => buf.resize(buf.len() * 4, 0),
+            (0, found) => return Ok(found),
+            (rc, _) => {
+                return Err(format!(
+                    "reading {file}: {}",
+                    std::io::Error::from_raw_os_error(rc)
+                ));
+            }
+        }
+    }
+}
+
+fn getpw(key: PwKey<'_>) -> Result<Option<Passwd>, String> {
+    let name = match &key {
+        PwKey::Name(n) => {
+            Some(CString::new(*n).map_err(|_| "the name holds a NUL byte".to_string())?)
+        }
+        PwKey::Uid(_) => None,
+    };
+    with_buffer("/etc/passwd", |buf| {
         // SAFETY: an all-zero passwd is a valid out value; every pointer passed is live and
         // `buf` is as long as said.
         let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
         let mut out: *mut libc::passwd = std::ptr::null_mut();
-        let rc = match &key {
-            PwKey::Uid(uid) => unsafe {
-                libc::getpwuid_r(*uid, &mut pwd, buf.as_mut_ptr().cast(), buf.len(), &mut out)
+        let (ptr, len) = (buf.as_mut_ptr().cast(), buf.len());
+        let rc = match (&key, &name) {
+            (PwKey::Uid(uid), _) => unsafe { libc::getpwuid_r(*uid, &mut pwd, ptr, len, &mut out) },
+            (PwKey::Name(_), Some(c)) => unsafe {
+                libc::getpwnam_r(c.as_ptr(), &mut pwd, ptr, len, &mut out)
             },
-            PwKey::Name(name) => {
-                let c = CString::new(*name).map_err(|_| "the name holds a NUL byte".to_string())?;
-                unsafe {
-                    libc::getpwnam_r(
-                        c.as_ptr(),
-                        &mut pwd,
-                        buf.as_mut_ptr().cast(),
-                        buf.len(),
-                        &mut out,
-                    )
-                }
-            }
+            (PwKey::Name(_), None) => return (0, None),
         };
-        if rc == libc::ERANGE && buf.len() < 1 << 20 {
-            buf.resize(buf.len() * 4, 0);
-            continue;
-        }
-        if rc != 0 {
-            return Err(format!(
-                "reading /etc/passwd: {}",
-                std::io::Error::from_raw_os_error(rc)
-            ));
-        }
-        if out.is_null() {
-            return Ok(None);
+        if rc != 0 || out.is_null() {
+            return (rc, None);
         }
         // SAFETY: on success the strings point into `buf`, NUL-terminated.
         let (name, home) = unsafe { (CStr::from_ptr(pwd.pw_name), CStr::from_ptr(pwd.pw_dir)) };
-        return Ok(Some(Passwd {
+        let found = Passwd {
             name: name.to_string_lossy().into_owned(),
             uid: pwd.pw_uid,
             gid: pwd.pw_gid,
             home: PathBuf::from(home.to_string_lossy().into_owned()),
-        }));
-    }
+        };
+        (0, Some(found))
+    })
 }
 
 fn getgr(name: &str) -> Result<Option<u32>, String> {
     let c = CString::new(name).map_err(|_| "the group name holds a NUL byte".to_string())?;
-    let mut buf = vec![0u8; 4096];
-    loop {
+    with_buffer("/etc/group", |buf| {
         // SAFETY: as in getpw.
         let mut grp: libc::group = unsafe { std::mem::zeroed() };
         let mut out: *mut libc::group = std::ptr::null_mut();
@@ -144,18 +151,8 @@ fn getgr(name: &str) -> Result<Option<u32>, String> {
                 &mut out,
             )
         };
-        if rc == libc::ERANGE && buf.len() < 1 << 20 {
-            buf.resize(buf.len() * 4, 0);
-            continue;
-        }
-        if rc != 0 {
-            return Err(format!(
-                "reading /etc/group: {}",
-                std::io::Error::from_raw_os_error(rc)
-            ));
-        }
-        return Ok((!out.is_null()).then_some(grp.gr_gid));
-    }
+        (rc, (rc == 0 && !out.is_null()).then_some(grp.gr_gid))
+    })
 }
 
 fn group_list(name: &str, gid: u32) -> Vec<u32> {

@@ -113,20 +113,6 @@ fn obtained_reasons(log: &str) -> Vec<String> {
         .collect()
 }
 
-/// Polls `f` every 100 ms until it holds or `timeout` passes; whether it held.
-fn poll(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 // ---- checks ----
 
 /// RoleSessionName rules: 2-64 characters of `[A-Za-z0-9_+=,.@-]`.

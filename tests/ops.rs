@@ -194,20 +194,6 @@ fn scrape(addr: &str) -> Scrape {
     parse(&body)
 }
 
-/// Polls `f` every 200 ms until it holds or `timeout` passes; whether it held.
-fn poll(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 /// The first 200 answer of `path` within 10 s, else the last answer: the kernel shows the
 /// mount a moment before the daemon has finished attaching it.
 fn wait_for(addr: &str, path: &str) -> (u16, String) {

@@ -333,3 +333,17 @@ pub fn run_bin_with(args: &[&str], spawn: &Spawn, timeout: Duration) -> Finished
         stderr: std::fs::read_to_string(&err).unwrap_or_default(),
     }
 }
+
+/// Polls `f` every 100 ms until it holds or `timeout` passes; whether it held.
+pub fn poll(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
