@@ -87,6 +87,17 @@ pub struct S3Args {
     /// Use path-style URLs (http://host/bucket/key), as most S3-compatible servers need.
     #[arg(long, env = "S3_OIDC_MOUNT_FORCE_PATH_STYLE")]
     pub force_path_style: bool,
+
+    /// Attempts of each S3 request whose failure is transient (throttling, 5xx, timeouts,
+    /// connection resets, cut-off bodies), with jittered exponential backoff in between; then
+    /// the operation fails (EIO for a read).
+    #[arg(long, env = "S3_OIDC_MOUNT_MAX_ATTEMPTS", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=20))]
+    pub max_attempts: u32,
+
+    /// Longest wait for S3 to answer one attempt of a request, and for the next bytes of a
+    /// response body (100ms..10m).
+    #[arg(long, env = "S3_OIDC_MOUNT_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_request_timeout)]
+    pub request_timeout: Duration,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -386,6 +397,17 @@ fn parse_block_size(s: &str) -> Result<u64, String> {
     } else {
         Err(format!(
             "block size {s:?} must be a power of two between 16KiB and 8MiB"
+        ))
+    }
+}
+
+fn parse_request_timeout(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if (Duration::from_millis(100)..=Duration::from_secs(600)).contains(&d) {
+        Ok(d)
+    } else {
+        Err(format!(
+            "request timeout {s:?} must be between 100ms and 10m"
         ))
     }
 }

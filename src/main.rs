@@ -197,7 +197,8 @@ fn s3_options(a: &S3Args, source: &Source) -> S3Options {
         region,
         endpoint_url,
         force_path_style: a.force_path_style,
-        max_attempts: 3,
+        max_attempts: a.max_attempts,
+        request_timeout: a.request_timeout,
     }
 }
 
@@ -217,6 +218,8 @@ fn mount_config(a: &MountArgs) -> anyhow::Result<MountConfig> {
         prefetch_listings: a.prefetch_listings,
         part_size: a.part_size.max(a.block_size),
         block_size: a.block_size,
+        read_attempts: a.s3.max_attempts,
+        request_timeout: a.s3.request_timeout,
         ..FsConfig::default()
     };
     let auth = auth_config(&a.auth, &source, &s3.region)?;

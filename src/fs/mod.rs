@@ -39,8 +39,10 @@ pub struct FsConfig {
     pub part_size: u64,
     /// Most bytes fetched ahead of a sequential reader.
     pub max_prefetch: u64,
-    /// Attempts for a ranged GET whose failure is transient (on top of the SDK's retries).
+    /// Attempts of a ranged GET whose failure is transient.
     pub read_attempts: u32,
+    /// Longest wait for the next bytes of a response body.
+    pub request_timeout: Duration,
     /// Subdirectories listed ahead when a directory is first read (0: none).
     pub prefetch_listings: usize,
 }
@@ -59,6 +61,7 @@ impl Default for FsConfig {
             part_size: 8 << 20,
             max_prefetch: 64 << 20,
             read_attempts: 4,
+            request_timeout: Duration::from_secs(30),
             prefetch_listings: 256,
         }
     }

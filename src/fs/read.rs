@@ -14,8 +14,9 @@ use super::{FsConfig, FsError};
 use crate::cache::{self, Block, BlockCache, BlockKey, Claim, FetchSlot};
 use crate::store::{ObjectStore, StoreError};
 
-/// Longest wait for the next chunk of a response body before the GET counts as failed.
-const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Slowest body a GET may trickle in at (bytes per second) before it counts as failed: a
+/// body that keeps sending a byte now and then must not hold a read forever either.
+const MIN_BODY_RATE: u64 = 64 << 10;
 
 pub struct FileHandle {
     pub ino: Ino,
@@ -239,8 +240,19 @@ fn spawn_run<S: ObjectStore>(
     let store = store.clone();
     let h = h.clone();
     let bs = cfg.block_size.max(4096);
-    let attempts = cfg.read_attempts.max(1);
-    tokio::spawn(async move { fetch_run(&*store, &h, bs, attempts, slots).await });
+    let limits = Limits {
+        attempts: cfg.read_attempts.max(1),
+        timeout: cfg.request_timeout,
+    };
+    tokio::spawn(async move { fetch_run(&*store, &h, bs, limits, slots).await });
+}
+
+#[derive(Clone, Copy)]
+struct Limits {
+    /// Attempts of one ranged GET.
+    attempts: u32,
+    /// Longest wait for the next bytes of a body.
+    timeout: Duration,
 }
 
 /// Fetches consecutive blocks with one ranged GET, completing each block as soon as its
@@ -250,15 +262,15 @@ async fn fetch_run<S: ObjectStore>(
     store: &S,
     h: &FileHandle,
     bs: u64,
-    attempts: u32,
+    limits: Limits,
     mut slots: VecDeque<FetchSlot>,
 ) {
     let mut attempt = 0;
     while !slots.is_empty() {
         attempt += 1;
-        match fetch_once(store, h, bs, &mut slots).await {
+        match fetch_once(store, h, bs, limits.timeout, &mut slots).await {
             Ok(()) => return,
-            Err(e) if e.is_retryable() && attempt < attempts => {
+            Err(e) if e.is_retryable() && attempt < limits.attempts => {
                 crate::metrics::READ.ranged_get_retries.inc();
                 let backoff = backoff(attempt);
                 tracing::warn!(key = %h.key, attempt, error = %e, ?backoff, "ranged GET failed, retrying");
@@ -285,6 +297,7 @@ async fn fetch_once<S: ObjectStore>(
     store: &S,
     h: &FileHandle,
     bs: u64,
+    timeout: Duration,
     slots: &mut VecDeque<FetchSlot>,
 ) -> Result<(), StoreError> {
     let (Some(front), Some(back)) = (slots.front(), slots.back()) else {
@@ -295,12 +308,23 @@ async fn fetch_once<S: ObjectStore>(
     let end = ((back.key().index + 1) * bs).min(size);
     let block_len = |index: u64| ((index + 1) * bs).min(size) - index * bs;
     let mut stream = store.get_range(&h.key, start..end, &h.stat.etag).await?;
+    // The body must keep coming (no gap longer than the timeout) and arrive whole by a
+    // deadline, so no read waits on a stalled or trickling response forever.
+    let deadline = tokio::time::Instant::now()
+        + timeout
+        + Duration::from_millis((end - start).saturating_mul(1000) / MIN_BODY_RATE);
     // Blocks are made of the response's own chunks, cut at block boundaries: no copy.
     let mut current: Vec<Bytes> = Vec::new();
     let mut have = 0usize;
     loop {
-        let chunk = match tokio::time::timeout(BODY_IDLE_TIMEOUT, stream.next()).await {
-            Err(_) => return Err(StoreError::Transient("response body stalled".into())),
+        let until = deadline.min(tokio::time::Instant::now() + timeout);
+        let chunk = match tokio::time::timeout_at(until, stream.next()).await {
+            Err(_) => {
+                return Err(StoreError::Transient(format!(
+                    "GET {} {start}..{end}: response body stalled or too slow",
+                    h.key
+                )));
+            }
             Ok(None) => break,
             Ok(Some(chunk)) => chunk?,
         };

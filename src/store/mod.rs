@@ -3,6 +3,7 @@
 pub mod memory;
 mod observe;
 pub mod s3;
+pub mod urlkey;
 
 use std::future::Future;
 use std::ops::Range;

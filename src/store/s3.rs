@@ -9,10 +9,16 @@ use aws_sdk_s3::Client;
 use aws_sdk_s3::config::{SharedCredentialsProvider, retry::RetryConfig, timeout::TimeoutConfig};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::operation::RequestId;
-use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+use aws_sdk_s3::types::EncodingType;
+use aws_smithy_runtime_api::box_error::BoxError;
+use aws_smithy_runtime_api::client::interceptors::Intercept;
+use aws_smithy_runtime_api::client::interceptors::context::FinalizerInterceptorContextMut;
+use aws_smithy_runtime_api::client::orchestrator::{HttpResponse, OrchestratorError};
+use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
+use aws_smithy_types::config_bag::ConfigBag;
 use aws_smithy_types::error::display::DisplayErrorContext;
 
-use super::{ByteStream, ListFrom, ListPage, ObjectMeta, ObjectStore, StoreError};
+use super::{ByteStream, ListFrom, ListPage, ObjectMeta, ObjectStore, StoreError, urlkey};
 
 /// How to reach the bucket.
 #[derive(Clone, Debug)]
@@ -21,8 +27,11 @@ pub struct S3Options {
     pub region: String,
     pub endpoint_url: Option<String>,
     pub force_path_style: bool,
-    /// Attempts per request for errors the SDK knows to be retryable (5xx, throttling, timeouts).
+    /// Attempts per request for transient errors (5xx, throttling, timeouts, resets). LIST and
+    /// HEAD are retried by the SDK; ranged GETs by the reader, which resumes mid-range.
     pub max_attempts: u32,
+    /// Longest wait for a response to one attempt (connecting included).
+    pub request_timeout: Duration,
 }
 
 #[derive(Clone)]
@@ -35,11 +44,14 @@ impl S3Store {
     /// `sdk_cache`: let the SDK cache credentials; off for providers that answer from
     /// memory and must see every request (our refresher).
     pub fn new(opts: &S3Options, credentials: SharedCredentialsProvider, sdk_cache: bool) -> Self {
+        // Every attempt is bounded: connecting, waiting for the response head, and (for LIST
+        // and HEAD, whose bodies the SDK reads within the attempt) the whole response. GET
+        // bodies are streamed to the reader, which bounds them itself.
+        let timeout = opts.request_timeout.max(Duration::from_millis(100));
         let timeouts = TimeoutConfig::builder()
-            .connect_timeout(Duration::from_secs(5))
-            // Time to the first byte of a response; body stalls are bounded by the reader.
-            .read_timeout(Duration::from_secs(30))
-            .operation_attempt_timeout(Duration::from_secs(60))
+            .connect_timeout(timeout.min(Duration::from_secs(5)))
+            .read_timeout(timeout)
+            .operation_attempt_timeout(timeout)
             .build();
         let mut b = aws_sdk_s3::Config::builder()
             .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
@@ -51,7 +63,7 @@ impl S3Store {
             .interceptor(super::observe::MetricsInterceptor)
             .stalled_stream_protection(
                 aws_sdk_s3::config::StalledStreamProtectionConfig::enabled()
-                    .grace_period(Duration::from_secs(10))
+                    .grace_period(timeout)
                     .build(),
             );
         if let Some(url) = &opts.endpoint_url {
@@ -117,10 +129,55 @@ where
                 StoreError::Other(text)
             }
         }
-        SdkError::TimeoutError(_) | SdkError::ResponseError(_) => {
-            StoreError::Transient(DisplayErrorContext(&err).to_string())
+        SdkError::ResponseError(re) => {
+            // A response that could not be read or parsed (cut off, malformed XML).
+            let rid = re
+                .raw()
+                .headers()
+                .get("x-amz-request-id")
+                .unwrap_or("-")
+                .to_string();
+            StoreError::Transient(format!("{} (request id {rid})", DisplayErrorContext(&err)))
         }
+        SdkError::TimeoutError(_) => StoreError::Transient(DisplayErrorContext(&err).to_string()),
         _ => StoreError::Other(DisplayErrorContext(&err).to_string()),
+    }
+}
+
+/// Fails an attempt whose successful XML answer does not end with its root's closing tag,
+/// as a response error (which the SDK retries). The SDK's XML reader accepts a document cut
+/// off between two elements, so a LIST answer cut short with matching framing (a broken
+/// proxy, a server closing early) would otherwise look like a whole page with fewer keys.
+#[derive(Debug)]
+struct WholeDocument(&'static str);
+
+impl Intercept for WholeDocument {
+    fn name(&self) -> &'static str {
+        "WholeDocument"
+    }
+
+    fn modify_before_attempt_completion(
+        &self,
+        ctx: &mut FinalizerInterceptorContextMut<'_>,
+        _rc: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let Some(resp) = ctx.response() else {
+            return Ok(());
+        };
+        if !resp.status().is_success() {
+            return Ok(());
+        }
+        let whole = resp
+            .body()
+            .bytes()
+            .is_some_and(|b| b.trim_ascii_end().ends_with(self.0.as_bytes()));
+        if !whole && let Some(out @ Ok(_)) = ctx.output_or_error_mut() {
+            *out = Err(OrchestratorError::response(
+                format!("incomplete XML answer: no {} at its end", self.0).into(),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -137,6 +194,7 @@ impl ObjectStore for S3Store {
             .list_objects_v2()
             .bucket(&self.bucket)
             .prefix(prefix)
+            .encoding_type(EncodingType::Url)
             .set_max_keys(max_keys);
         req = match from {
             ListFrom::Start => req,
@@ -146,13 +204,35 @@ impl ObjectStore for S3Store {
         if delimited {
             req = req.delimiter("/");
         }
-        let out = req.send().await.map_err(classify)?;
+        let out = req
+            .customize()
+            .interceptor(WholeDocument("</ListBucketResult>"))
+            .send()
+            .await
+            .map_err(classify)?;
+        // Keys come URL-encoded if the server honoured the request (a server that ignores
+        // it sends them as they are, and says so by omitting EncodingType).
+        let encoded = out.encoding_type() == Some(&EncodingType::Url);
+        let key_of = |k: &str| -> Option<String> {
+            if !encoded {
+                return Some(k.to_string());
+            }
+            let decoded = urlkey::decode(k);
+            if decoded.is_none() {
+                tracing::warn!(
+                    key = k,
+                    "listed key is not URL-encoded UTF-8; hidden (request id {})",
+                    out.request_id().unwrap_or("-")
+                );
+            }
+            decoded
+        };
         let objects = out
             .contents()
             .iter()
             .filter_map(|o| {
                 Some(ObjectMeta {
-                    key: o.key()?.to_string(),
+                    key: key_of(o.key()?)?,
                     size: o.size().unwrap_or(0).max(0) as u64,
                     last_modified: to_system_time(o.last_modified()),
                     etag: o.e_tag().unwrap_or("").to_string(),
@@ -162,7 +242,7 @@ impl ObjectStore for S3Store {
         let prefixes = out
             .common_prefixes()
             .iter()
-            .filter_map(|p| p.prefix().map(str::to_string))
+            .filter_map(|p| key_of(p.prefix()?))
             .collect();
         // A truncated page without a token would loop forever; treat it as the end.
         let next = match out.is_truncated() {
@@ -209,10 +289,29 @@ impl ObjectStore for S3Store {
         if !etag.is_empty() {
             req = req.if_match(etag);
         }
-        let out = req.send().await.map_err(classify)?;
+        // One attempt: the reader retries ranged GETs itself, resuming after the blocks it
+        // already has, so GETs are not retried twice over.
+        let out = req
+            .customize()
+            .config_override(aws_sdk_s3::Config::builder().retry_config(RetryConfig::disabled()))
+            .send()
+            .await
+            .map_err(classify)?;
+        let rid = out.request_id().unwrap_or("-").to_string();
         // Never hand out bytes of another version or another range.
-        if !etag.is_empty() && out.e_tag().is_some_and(|e| e != etag) {
-            return Err(StoreError::PreconditionFailed);
+        if !etag.is_empty() {
+            match out.e_tag() {
+                Some(e) if e == etag => {}
+                Some(e) => {
+                    tracing::warn!(key, pinned = etag, got = e, request_id = %rid, "GET answered with another ETag");
+                    return Err(StoreError::PreconditionFailed);
+                }
+                None => {
+                    return Err(StoreError::Transient(format!(
+                        "GET {key} {range:?}: no ETag in the response (request id {rid})"
+                    )));
+                }
+            }
         }
         // The length must be known up front: HTTP framing then guarantees the body cannot
         // run past it, and a short body is caught by the reader.
@@ -220,7 +319,7 @@ impl ObjectStore for S3Store {
             Some(len) if len as u64 == want => {}
             len => {
                 return Err(StoreError::Transient(format!(
-                    "GET {key} {range:?}: Content-Length {len:?}, expected {want}"
+                    "GET {key} {range:?}: Content-Length {len:?}, expected {want} (request id {rid})"
                 )));
             }
         }
@@ -228,25 +327,25 @@ impl ObjectStore for S3Store {
             let expected = format!("bytes {}-{}/", range.start, range.end - 1);
             if !cr.starts_with(&expected) {
                 return Err(StoreError::Transient(format!(
-                    "GET {key}: Content-Range {cr:?}, expected {expected:?}"
+                    "GET {key}: Content-Range {cr:?}, expected {expected:?} (request id {rid})"
                 )));
             }
         }
         let body = out.body;
-        let stream = futures::stream::unfold(body, |mut body| async move {
+        let stream = futures::stream::unfold((body, rid), |(mut body, rid)| async move {
             match body.next().await {
                 None => None,
                 Some(Ok(b)) => {
                     crate::metrics::S3.bytes_read.add(b.len() as u64);
-                    Some((Ok(b), body))
+                    Some((Ok(b), (body, rid)))
                 }
-                Some(Err(e)) => Some((
-                    Err(StoreError::Transient(format!(
-                        "body: {}",
+                Some(Err(e)) => {
+                    let err = StoreError::Transient(format!(
+                        "body: {} (request id {rid})",
                         DisplayErrorContext(&e)
-                    ))),
-                    body,
-                )),
+                    ));
+                    Some((Err(err), (body, rid)))
+                }
             }
         });
         Ok(Box::pin(stream))

@@ -97,7 +97,7 @@ pub fn keyless(metadata_host: &str) -> Spawn {
             ),
             ("GCE_METADATA_HOST".into(), metadata_host.into()),
         ],
-        cwd: None,
+        ..Spawn::default()
     }
 }
 

@@ -3,6 +3,7 @@
 //! by the real binary, checked through ordinary syscalls and tools.
 #![allow(dead_code)]
 
+pub mod faultproxy;
 pub mod fed;
 pub mod iam;
 pub mod idp;
@@ -86,6 +87,23 @@ pub fn put(bucket: &str, key: &str, data: impl Into<Vec<u8>>) {
     .unwrap_or_else(|e| panic!("put {key:?}: {e:?}"));
 }
 
+/// Uploads many objects, with many PUTs in flight (thousands of small objects).
+pub fn put_many(bucket: &str, items: Vec<(String, Vec<u8>)>) {
+    use futures::StreamExt;
+    rt().block_on(
+        futures::stream::iter(items).for_each_concurrent(64, |(k, v)| async move {
+            client()
+                .put_object()
+                .bucket(bucket)
+                .key(&k)
+                .body(v.into())
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("put {k:?}: {e:?}"));
+        }),
+    );
+}
+
 pub fn delete(bucket: &str, key: &str) {
     rt().block_on(client().delete_object().bucket(bucket).key(key).send())
         .unwrap_or_else(|e| panic!("delete {key:?}: {e:?}"));
@@ -152,17 +170,31 @@ pub struct Spawn {
     pub env: Vec<(String, String)>,
     /// The daemon's working directory (default: the test's).
     pub cwd: Option<PathBuf>,
+    /// `--endpoint-url` (default: `S3_ENDPOINT`), e.g. a fault proxy's.
+    pub endpoint: Option<String>,
+    /// An existing directory to mount on (default: a fresh one in the test's temp dir).
+    pub mountpoint: Option<PathBuf>,
 }
 
 /// [`mount`] with a changed environment and working directory.
 pub fn mount_with(source: &str, extra: &[&str], spawn: &Spawn) -> Mount {
     let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("mnt");
-    std::fs::create_dir(&path).expect("mkdir mnt");
+    let path = match &spawn.mountpoint {
+        Some(p) => p.clone(),
+        None => {
+            let p = dir.path().join("mnt");
+            std::fs::create_dir(&p).expect("mkdir mnt");
+            p
+        }
+    };
     let log = dir.path().join("daemon.log");
     let logf = std::fs::File::create(&log).expect("log file");
     let mut args: Vec<String> = vec!["mount".into(), source.into(), path.display().to_string()];
-    args.extend(common_args());
+    let mut common = common_args();
+    if let Some(ep) = &spawn.endpoint {
+        common[1] = ep.clone();
+    }
+    args.extend(common);
     args.extend(extra.iter().map(|s| s.to_string()));
     let mut cmd = Command::new(BIN);
     cmd.args(&args).env("S3_OIDC_MOUNT_LOG_LEVEL", "info");
@@ -215,6 +247,21 @@ impl Mount {
 
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// `VmRSS` and `VmHWM` (peak) of the daemon, in bytes.
+    pub fn rss(&self) -> (u64, u64) {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        let kib = |field: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(field))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                .unwrap_or(0)
+                * 1024
+        };
+        (kib("VmRSS:"), kib("VmHWM:"))
     }
 
     pub fn signal(&self, sig: i32) {
