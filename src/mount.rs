@@ -61,8 +61,40 @@ impl From<AuthError> for MountError {
     }
 }
 
-/// Checks the mountpoint: an existing, empty directory that nothing is mounted on.
+/// Checks the mountpoint: an existing, empty directory that nothing is mounted on. A dead
+/// mount left there by a killed daemon of ours is cleared first.
 pub fn check_mountpoint(path: &Path) -> Result<PathBuf, MountError> {
+    check(path, true)
+}
+
+fn check_live_mountpoint(path: &Path) -> Result<PathBuf, MountError> {
+    check(path, false)
+}
+
+/// Our daemon was killed (SIGKILL, OOM) and its mount is still attached, answering
+/// ENOTCONN: nothing can use it any more, so detach it and check again. Only a dead mount of
+/// ours is cleared.
+fn clear_and_recheck(path: &Path) -> Result<PathBuf, MountError> {
+    match clear_dead_mount(path) {
+        Ok(()) => {
+            tracing::warn!(
+                mountpoint = %path.display(),
+                "cleared the dead mount of a killed s3-oidc-mount daemon (lazy unmount)"
+            );
+            check_live_mountpoint(path)
+        }
+        Err(why) => Err(MountError::Mountpoint {
+            path: path.to_path_buf(),
+            why: format!(
+                "a dead FUSE mount is still attached (the daemon was killed?) and was not \
+                 cleared ({why}); clear it with `fusermount3 -u {0}` (or `umount -l {0}`) and retry",
+                path.display()
+            ),
+        }),
+    }
+}
+
+fn check(path: &Path, clear_dead: bool) -> Result<PathBuf, MountError> {
     let err = |why: String| MountError::Mountpoint {
         path: path.to_path_buf(),
         why,
@@ -70,12 +102,8 @@ pub fn check_mountpoint(path: &Path) -> Result<PathBuf, MountError> {
     match std::fs::metadata(path) {
         Ok(m) if !m.is_dir() => return Err(err("not a directory".into())),
         Ok(_) => {}
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
-            return Err(err(format!(
-                "a dead FUSE mount is still attached (the daemon was killed?); \
-                 clear it with `fusermount3 -u {0}` (or `umount -l {0}`) and retry",
-                path.display()
-            )));
+        Err(e) if clear_dead && e.raw_os_error() == Some(libc::ENOTCONN) => {
+            return clear_and_recheck(path);
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(err(format!(
@@ -87,6 +115,12 @@ pub fn check_mountpoint(path: &Path) -> Result<PathBuf, MountError> {
     }
     let canonical = path.canonicalize().map_err(|e| err(e.to_string()))?;
     if is_mount_point(&canonical) {
+        // The kernel may answer stat of a dead mount from its cache: listing it tells.
+        let dead =
+            std::fs::read_dir(&canonical).is_err_and(|e| e.raw_os_error() == Some(libc::ENOTCONN));
+        if clear_dead && dead {
+            return clear_and_recheck(path);
+        }
         return Err(err("something is already mounted here".into()));
     }
     let mut entries = std::fs::read_dir(&canonical).map_err(|e| err(e.to_string()))?;
@@ -96,6 +130,70 @@ pub fn check_mountpoint(path: &Path) -> Result<PathBuf, MountError> {
         ));
     }
     Ok(canonical)
+}
+
+/// Detaches the dead FUSE mount of ours at `path` (a daemon of this program, killed): lazily
+/// with umount2 as root, else with `fusermount3 -u -z` (the setuid helper).
+fn clear_dead_mount(path: &Path) -> Result<(), String> {
+    // The path cannot be resolved through the dead mount itself, only up to its parent.
+    let abs = match (path.parent(), path.file_name()) {
+        (Some(parent), Some(name)) => {
+            let parent = if parent.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                parent
+            };
+            parent
+                .canonicalize()
+                .map_err(|e| format!("resolving {}: {e}", parent.display()))?
+                .join(name)
+        }
+        _ => return Err("not a mount of this program".into()),
+    };
+    match mount_source(&abs) {
+        Some((fstype, source)) if fstype.starts_with("fuse") && source.starts_with("s3://") => {}
+        Some((fstype, source)) => {
+            return Err(format!("the mount there ({fstype} {source}) is not ours"));
+        }
+        None => return Err("no mount found there in /proc/self/mountinfo".into()),
+    }
+    if lazy_unmount(&abs).is_ok() {
+        return Ok(());
+    }
+    let out = std::process::Command::new("fusermount3")
+        .arg("-u")
+        .arg("-z")
+        .arg(&abs)
+        .output()
+        .map_err(|e| format!("umount2 not permitted and fusermount3 not runnable: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "fusermount3 -u -z failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// The filesystem type and source of what is mounted at `path` (the last mount there), from
+/// /proc/self/mountinfo: ours are FUSE mounts whose source is the `s3://` URL.
+fn mount_source(path: &Path) -> Option<(String, String)> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let want = path.as_os_str().as_bytes();
+    info.lines()
+        .rev()
+        .filter(|l| {
+            l.split(' ')
+                .nth(4)
+                .is_some_and(|mp| unescape_mountinfo(mp).as_bytes() == want)
+        })
+        .filter_map(|l| {
+            let (_, after) = l.split_once(" - ")?;
+            let mut f = after.split(' ');
+            Some((f.next()?.to_string(), unescape_mountinfo(f.next()?)))
+        })
+        .next()
 }
 
 /// Whether `path` is the mount point of some filesystem, from /proc/self/mountinfo.
@@ -327,7 +425,13 @@ async fn attach(
     let cache = BlockCache::new(cfg.cache_bytes as usize);
     let fs = Fs::new(store, cfg.fs.clone(), cache.clone());
     let reply_fd = crate::fuse::ReplyFd::default();
-    let adapter = FuseAdapter::new(fs, tokio::runtime::Handle::current(), reply_fd.clone());
+    let notify = crate::fuse::Notify::default();
+    let adapter = FuseAdapter::new(
+        fs,
+        tokio::runtime::Handle::current(),
+        reply_fd.clone(),
+        notify.clone(),
+    );
     let mut fcfg = fuser::Config::default();
     fcfg.mount_options = vec![
         MountOption::FSName(cfg.source.to_string()),
@@ -351,6 +455,7 @@ async fn attach(
     let mp = mountpoint.clone();
     let session = tokio::task::spawn_blocking(move || {
         let session = fuser::Session::new(adapter, &mp, &fcfg)?;
+        let _ = notify.set(session.notifier());
         match std::os::fd::AsFd::as_fd(&session).try_clone_to_owned() {
             Ok(fd) => {
                 let _ = reply_fd.set(fd);

@@ -313,3 +313,191 @@ fn corrupted_payload_bytes_are_caught_by_the_checksums_of_these_tests() {
     let got = read_sha(&m.p("f10")).unwrap();
     assert_ne!(got, sha256(&fx.data[10]));
 }
+
+/// What one whole read of a file gave: which version, or the error.
+#[derive(Debug, PartialEq)]
+enum Outcome {
+    Old,
+    New,
+    Eio,
+    Missing,
+}
+
+fn whole_read(path: &std::path::Path, old: &[u8], new: Option<&[u8]>) -> Outcome {
+    match std::fs::read(path) {
+        Ok(d) if d == old => Outcome::Old,
+        Ok(d) if Some(&d[..]) == new => Outcome::New,
+        Ok(d) => panic!(
+            "{}: {} bytes that are neither version: {}",
+            path.display(),
+            d.len(),
+            describe(&d, old, new.unwrap_or_default())
+        ),
+        Err(e) if is_eio(&e) => Outcome::Eio,
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Outcome::Missing,
+        Err(e) => panic!("{}: {e}", path.display()),
+    }
+}
+
+/// Which 64 KiB pieces of `got` match the old version, the new one, or neither.
+fn describe(got: &[u8], old: &[u8], new: &[u8]) -> String {
+    let piece = 64 << 10;
+    let mut out = String::new();
+    for (i, c) in got.chunks(piece).enumerate() {
+        let at = i * piece;
+        let same = |v: &[u8]| v.get(at..at + c.len()) == Some(c);
+        out.push(if same(old) {
+            'o'
+        } else if same(new) {
+            'n'
+        } else if c.iter().all(|&b| b == 0) {
+            '0'
+        } else {
+            '?'
+        });
+    }
+    out
+}
+
+/// Reads the open file at offsets all over it: each read is the old version's bytes or EIO,
+/// never anything else. Returns how many reads failed.
+fn old_handle_reads_old_bytes_or_eio(f: &std::fs::File, old: &[u8]) -> usize {
+    let mut failed = 0;
+    let mut buf = vec![0u8; 300_000];
+    let step = old.len() / 23;
+    for i in 0..24 {
+        // Odd offsets and lengths, so reads straddle cached and uncached blocks.
+        let off = (i * step).saturating_sub(1_000 * i) as u64;
+        match f.read_at(&mut buf, off) {
+            Ok(n) => {
+                let at = off as usize;
+                assert_eq!(
+                    &buf[..n],
+                    &old[at..at + n],
+                    "read at {off}: not the old bytes"
+                );
+            }
+            Err(e) => {
+                assert!(is_eio(&e), "read at {off}: {e}");
+                failed += 1;
+            }
+        }
+    }
+    failed
+}
+
+/// Whole reads of fresh opens until one shows `want`; each is one version or an error,
+/// never a mix. Bounded, to fail rather than hang.
+fn poll_until(path: &std::path::Path, old: &[u8], new: Option<&[u8]>, want: Outcome) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let got = whole_read(path, old, new);
+        if got == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "still {got:?}, not {want:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn an_object_overwritten_while_open_is_read_whole_or_not_at_all() {
+    let fx = fixture();
+    let v1 = random_bytes((8 << 20) + 5, 501);
+    let v2 = random_bytes((6 << 20) + 7, 502);
+    put(&fx.bucket, "changing/ow.bin", v1.clone());
+    let m = mount(&format!("s3://{}", fx.bucket), &["--metadata-ttl", "1s"]);
+    let path = m.p("changing/ow.bin");
+    let f = std::fs::File::open(&path).unwrap();
+    let mut first = vec![0u8; 1 << 20];
+    assert_eq!(f.read_at(&mut first, 0).unwrap(), 1 << 20);
+    assert_eq!(first, v1[..1 << 20]);
+    put(&fx.bucket, "changing/ow.bin", v2.clone());
+    old_handle_reads_old_bytes_or_eio(&f, &v1);
+    // The open file still describes the version it reads.
+    assert_eq!(f.metadata().unwrap().len(), v1.len() as u64);
+    // New opens: the old version or EIO until the TTL has passed, then the new one.
+    poll_until(&path, &v1, Some(&v2), Outcome::New);
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), v2.len() as u64);
+    // And the old handle still never mixes.
+    old_handle_reads_old_bytes_or_eio(&f, &v1);
+}
+
+#[test]
+fn an_object_deleted_while_open_is_read_whole_or_not_at_all() {
+    let fx = fixture();
+    let v1 = random_bytes((5 << 20) + 3, 601);
+    put(&fx.bucket, "changing/del.bin", v1.clone());
+    let m = mount(
+        &format!("s3://{}", fx.bucket),
+        &["--metadata-ttl", "1s", "--negative-ttl", "1s"],
+    );
+    let path = m.p("changing/del.bin");
+    let f = std::fs::File::open(&path).unwrap();
+    let mut first = vec![0u8; 100_000];
+    assert_eq!(f.read_at(&mut first, 0).unwrap(), 100_000);
+    assert_eq!(first, v1[..100_000]);
+    delete(&fx.bucket, "changing/del.bin");
+    let failed = old_handle_reads_old_bytes_or_eio(&f, &v1);
+    // Some of the file was never read before the delete, and S3 has nothing to give.
+    assert!(
+        failed > 0,
+        "uncached parts of a deleted object cannot be read"
+    );
+    // New opens: the old version or EIO until the TTL has passed (the kernel may answer a
+    // stat from its cache for that long), then no such file.
+    poll_until(&path, &v1, None, Outcome::Missing);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::fs::metadata(&path).is_ok() {
+        assert!(Instant::now() < deadline, "still there for stat");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let e = std::fs::metadata(&path).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ENOENT));
+    assert_eq!(whole_read(&path, &v1, None), Outcome::Missing);
+}
+
+#[test]
+fn a_killed_daemon_leaves_enotconn_and_the_next_mount_clears_it() {
+    let fx = fixture();
+    let src = format!("s3://{}", fx.bucket);
+    let mut dead = mount(&src, &[]);
+    assert_eq!(read_sha(&dead.p("f03")).unwrap(), sha256(&fx.data[3]));
+    dead.signal(libc::SIGKILL);
+    let st = dead.wait(Duration::from_secs(15));
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&st),
+        Some(libc::SIGKILL)
+    );
+    // (stat may still be answered from the kernel's attribute cache; a listing is not)
+    let e = std::fs::read_dir(&dead.path).expect_err("a dead mount answers nothing");
+    assert_eq!(e.raw_os_error(), Some(libc::ENOTCONN), "{e}");
+
+    // A new daemon on the same path clears the dead mount and serves.
+    let mut again = mount_with(
+        &src,
+        &[],
+        &Spawn {
+            mountpoint: Some(dead.path.clone()),
+            ..Spawn::default()
+        },
+    );
+    // (stat may be answered from the dead mount's cache, and a listing of the bare
+    // directory works between the two mounts: opening a file tells)
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::File::open(again.p("f03")).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "not served after 30 s; log:\n{}",
+            again.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(read_sha(&again.p("f03")).unwrap(), sha256(&fx.data[3]));
+    let log = again.log_text();
+    assert!(log.contains("cleared the dead mount"), "{log}");
+    let st = again.stop();
+    assert_eq!(st.code(), Some(0), "{}", again.log_text());
+    // Nothing is left mounted: neither the new mount nor the dead one.
+    assert!(!s3_oidc_mount::mount::is_mount_point(&again.path));
+}

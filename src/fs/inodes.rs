@@ -34,7 +34,18 @@ pub struct Inode {
     pub valid_until: Instant,
     /// ETag at the last open, to tell the kernel whether its page cache is still good.
     pub opened_etag: Option<Arc<str>>,
+    /// Open file handles, all reading `opened_etag`: while there are any, this inode keeps
+    /// that version (the kernel's page cache and file size of an inode are one version's).
+    pub open_handles: u32,
     lookups: u64,
+}
+
+impl Inode {
+    /// Whether open handles read a version other than `etag`: the object was replaced
+    /// under them, and the new version needs an inode of its own.
+    pub fn pinned_other_than(&self, etag: &str) -> bool {
+        self.open_handles > 0 && self.opened_etag.as_deref() != Some(etag)
+    }
 }
 
 pub struct InodeTable {
@@ -56,6 +67,7 @@ impl InodeTable {
                 stat: None,
                 valid_until: Instant::now(),
                 opened_etag: None,
+                open_handles: 0,
                 lookups: 1,
             },
         );
@@ -88,7 +100,9 @@ impl InodeTable {
 
     /// Records `name` in `parent` as `kind` with `stat`, returning its inode number and
     /// counting one kernel lookup. A name whose kind changed gets a new number: the kernel
-    /// must not see one inode change from file to directory.
+    /// must not see one inode change from file to directory. So does a file replaced by a
+    /// new version while open: the open files keep the old inode (and the old version's
+    /// pages and size in the kernel), new opens get the new one, as after a rename over it.
     pub fn upsert(
         &mut self,
         parent: Ino,
@@ -102,6 +116,9 @@ impl InodeTable {
         if let Some(&ino) = self.by_name.get(&map_key)
             && let Some(node) = self.by_ino.get(&ino)
             && node.kind == kind
+            && !stat
+                .as_ref()
+                .is_some_and(|st| node.pinned_other_than(&st.etag))
         {
             let node = self.by_ino.get_mut(&ino).expect("checked above");
             node.stat = stat;
@@ -120,6 +137,7 @@ impl InodeTable {
             stat,
             valid_until,
             opened_etag: None,
+            open_handles: 0,
             lookups: 1,
         });
         (ino, node)
@@ -174,5 +192,29 @@ mod tests {
         t.forget(f, 1);
         let (d2, _) = t.upsert(ROOT, "b", "b/", Kind::Dir, None, now);
         assert_eq!(d, d2);
+        // A new version of an open file gets a new number; of a closed one, the same.
+        let st = |e: &str| {
+            Some(ObjStat {
+                size: 1,
+                mtime: std::time::UNIX_EPOCH,
+                etag: e.into(),
+            })
+        };
+        let (c, _) = t.upsert(ROOT, "c", "c", Kind::File, st("v1"), now);
+        let (c1, _) = t.upsert(ROOT, "c", "c", Kind::File, st("v2"), now);
+        assert_eq!(c, c1);
+        let n = t.get_mut(c).unwrap();
+        n.opened_etag = Some("v2".into());
+        n.open_handles = 1;
+        let (c2, _) = t.upsert(ROOT, "c", "c", Kind::File, st("v2"), now);
+        assert_eq!(c, c2, "same version: same inode");
+        let (c3, _) = t.upsert(ROOT, "c", "c", Kind::File, st("v3"), now);
+        assert_ne!(c, c3, "replaced while open: a new inode");
+        assert_eq!(
+            t.get(c).unwrap().stat,
+            st("v2"),
+            "the open one keeps its version"
+        );
+        assert_eq!(t.lookup_name(ROOT, "c"), Some(c3));
     }
 }

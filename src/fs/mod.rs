@@ -67,6 +67,23 @@ impl Default for FsConfig {
     }
 }
 
+/// An open file: its handle, whether the kernel may keep its cached pages (same version as
+/// the last open), and whether the version differs from the attributes the kernel was last
+/// given (it must drop them, or it would read with the old size).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Opened {
+    pub fh: u64,
+    pub keep_cache: bool,
+    pub attrs_changed: bool,
+}
+
+/// The page size of the kernel's page cache.
+fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if n > 0 { n as u64 } else { 4096 }
+}
+
 /// File attributes as the filesystem reports them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Attr {
@@ -93,6 +110,11 @@ pub enum FsError {
     BadHandle,
     #[error("object changed or was deleted since it was opened")]
     Stale,
+    #[error("the kernel's file size is not that of the version this file reads")]
+    SizeMismatch,
+    /// The object was replaced while this inode's files are open: look the name up again.
+    #[error("object replaced by a new version; look it up again")]
+    Replaced,
     #[error("access denied: {0}")]
     Access(String),
     #[error("I/O error: {0}")]
@@ -107,7 +129,8 @@ impl FsError {
             FsError::IsDir => libc::EISDIR,
             FsError::ReadOnly => libc::EROFS,
             FsError::BadHandle => libc::EBADF,
-            FsError::Stale | FsError::Io(_) => libc::EIO,
+            FsError::Replaced => libc::ESTALE,
+            FsError::Stale | FsError::SizeMismatch | FsError::Io(_) => libc::EIO,
             FsError::Access(_) => libc::EACCES,
         }
     }
@@ -388,6 +411,13 @@ impl<S: ObjectStore> Fs<S> {
         };
         let mut t = lock(&self.inodes);
         let n = t.get_mut(ino).ok_or(FsError::NotFound)?;
+        if n.pinned_other_than(&stat.etag) {
+            // This inode stays the version its open files read; the kernel looks the name up
+            // again on ESTALE, and the lookup gives the new version a new inode.
+            tracing::debug!(key = %node.key, "object replaced while open; the name gets a new inode");
+            n.valid_until = Instant::now();
+            return Err(FsError::Replaced);
+        }
         n.stat = Some(stat);
         n.valid_until = Instant::now() + self.cfg.metadata_ttl;
         Ok(n.clone())
@@ -549,9 +579,7 @@ impl<S: ObjectStore> Fs<S> {
     }
 
     /// Opens a file for reading, pinning the object version (ETag) it will read.
-    /// Returns the handle and whether the kernel may keep its page cache (same version
-    /// as the last open).
-    pub async fn open(&self, ino: Ino, write: bool) -> Result<(u64, bool), FsError> {
+    pub async fn open(&self, ino: Ino, write: bool) -> Result<Opened, FsError> {
         if write {
             return Err(FsError::ReadOnly);
         }
@@ -559,23 +587,33 @@ impl<S: ObjectStore> Fs<S> {
         if node.kind == Kind::Dir {
             return Err(FsError::IsDir);
         }
+        let told = node.stat.as_ref().map(|s| s.etag.clone());
         if node.valid_until <= Instant::now() || node.stat.is_none() {
             node = self.refresh_file(ino, &node).await?;
         }
         let stat = node.stat.clone().ok_or(FsError::NotFound)?;
-        // The kernel may keep cached pages only if they are of the version opened now.
-        let keep_cache = match lock(&self.inodes).get_mut(ino) {
-            Some(n) => {
-                let same = n.opened_etag.as_deref() == Some(&*stat.etag);
-                n.opened_etag = Some(stat.etag.clone());
-                same
+        let keep_cache = {
+            let mut t = lock(&self.inodes);
+            let n = t.get_mut(ino).ok_or(FsError::NotFound)?;
+            if n.pinned_other_than(&stat.etag) {
+                // Replaced between the refresh and now: as in refresh_file.
+                return Err(FsError::Replaced);
             }
-            None => false,
+            // The kernel may keep cached pages only if they are of the version opened now.
+            let same = n.opened_etag.as_deref() == Some(&*stat.etag);
+            n.opened_etag = Some(stat.etag.clone());
+            n.open_handles += 1;
+            same
         };
+        let attrs_changed = told.as_deref() != Some(&*stat.etag);
         let handle = Arc::new(FileHandle::new(ino, node.key.clone(), stat));
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         lock(&self.files).insert(fh, handle);
-        Ok((fh, keep_cache))
+        Ok(Opened {
+            fh,
+            keep_cache,
+            attrs_changed,
+        })
     }
 
     /// Attributes of the version an open file handle reads (for fstat).
@@ -593,7 +631,12 @@ impl<S: ObjectStore> Fs<S> {
     }
 
     pub fn release(&self, fh: u64) {
-        lock(&self.files).remove(&fh);
+        let Some(h) = lock(&self.files).remove(&fh) else {
+            return;
+        };
+        if let Some(n) = lock(&self.inodes).get_mut(h.ino) {
+            n.open_handles = n.open_handles.saturating_sub(1);
+        }
     }
 
     fn file_handle(&self, fh: u64) -> Result<Arc<FileHandle>, FsError> {
@@ -605,13 +648,23 @@ impl<S: ObjectStore> Fs<S> {
 
     /// Reads up to `size` bytes at `offset` of the version pinned by handle `fh`, as slices
     /// of cached blocks (in order; empty at end of file).
+    ///
+    /// `page_cache`: the read fills the kernel's page cache, which never asks beyond the
+    /// page holding its idea of the end of file. A request past that page of this version
+    /// means the kernel believes the file is longer: a short answer would be padded with
+    /// zeros (wrong bytes), so the read fails instead ([`FsError::SizeMismatch`]).
     pub async fn read(
         &self,
         fh: u64,
         offset: u64,
         size: u32,
+        page_cache: bool,
     ) -> Result<Vec<bytes::Bytes>, FsError> {
         let h = self.file_handle(fh)?;
+        if page_cache && offset + u64::from(size) > h.stat.size.next_multiple_of(page_size()) {
+            tracing::warn!(key = %h.key, offset, size, file_size = h.stat.size, "the kernel asks beyond the end of the version this file reads; read fails");
+            return Err(FsError::SizeMismatch);
+        }
         let open_files = lock(&self.files).len();
         match read::read(
             &self.store,

@@ -166,12 +166,12 @@ async fn reads_return_exact_bytes_at_any_offset() {
     s.put("empty", "");
     let fs = fs_with(s.clone(), small_blocks());
     let blob = fs.lookup(ROOT, "blob").await.unwrap();
-    let (fh, _) = fs.open(blob.ino, false).await.unwrap();
+    let fh = fs.open(blob.ino, false).await.unwrap().fh;
     // Sequential, whole.
     let mut got = Vec::new();
     let mut off = 0u64;
     loop {
-        let b = concat(&fs.read(fh, off, 8192).await.unwrap());
+        let b = concat(&fs.read(fh, off, 8192, false).await.unwrap());
         if b.is_empty() {
             break;
         }
@@ -187,14 +187,14 @@ async fn reads_return_exact_bytes_at_any_offset() {
         (100_003, 10),
         (50_000, 0),
     ] {
-        let b = concat(&fs.read(fh, o, n).await.unwrap());
+        let b = concat(&fs.read(fh, o, n, false).await.unwrap());
         let end = (o as usize + n as usize).min(data.len());
         let start = (o as usize).min(end);
         assert_eq!(&b[..], &data[start..end], "read at {o} len {n}");
     }
     let e = fs.lookup(ROOT, "empty").await.unwrap();
-    let (efh, _) = fs.open(e.ino, false).await.unwrap();
-    assert!(concat(&fs.read(efh, 0, 4096).await.unwrap()).is_empty());
+    let efh = fs.open(e.ino, false).await.unwrap().fh;
+    assert!(concat(&fs.read(efh, 0, 4096, false).await.unwrap()).is_empty());
     assert!(matches!(
         fs.open(blob.ino, true).await,
         Err(FsError::ReadOnly)
@@ -213,10 +213,10 @@ async fn blocks_are_cached_and_shared_by_concurrent_readers() {
         let fs = fs.clone();
         let data = data.clone();
         tasks.push(tokio::spawn(async move {
-            let (fh, _) = fs.open(f.ino, false).await.unwrap();
+            let fh = fs.open(f.ino, false).await.unwrap().fh;
             for i in 0..64u64 {
                 let o = ((i + r * 8) % 64) * 4096;
-                let b = concat(&fs.read(fh, o, 4096).await.unwrap());
+                let b = concat(&fs.read(fh, o, 4096, false).await.unwrap());
                 assert_eq!(&b[..], &data[o as usize..o as usize + 4096]);
             }
             fs.release(fh);
@@ -235,33 +235,72 @@ async fn blocks_are_cached_and_shared_by_concurrent_readers() {
 #[tokio::test]
 async fn a_changed_object_fails_reads_on_the_old_handle_and_reopens_fresh() {
     let s = Arc::new(MemoryStore::new());
-    s.put("f", pattern(20_000, 1));
+    let old = pattern(20_000, 1);
+    s.put("f", old.clone());
     let cfg = FsConfig {
         metadata_ttl: Duration::ZERO,
         ..small_blocks()
     };
     let fs = fs_with(s.clone(), cfg);
     let f = fs.lookup(ROOT, "f").await.unwrap();
-    let (fh, _) = fs.open(f.ino, false).await.unwrap();
-    assert_eq!(concat(&fs.read(fh, 0, 10).await.unwrap()).len(), 10);
+    let fh = fs.open(f.ino, false).await.unwrap().fh;
+    assert_eq!(concat(&fs.read(fh, 0, 10, false).await.unwrap()).len(), 10);
     let new = pattern(30_000, 2);
     s.put("f", new.clone());
     // fstat of the open file still describes the version it reads.
     assert_eq!(fs.handle_attr(fh).map(|a| a.size), Some(20_000));
     // Block 0 is cached for the old version; block 3 is not and must not mix versions.
     assert!(matches!(
-        fs.read(fh, 3 * 4096, 10).await,
+        fs.read(fh, 3 * 4096, 10, false).await,
         Err(FsError::Stale)
     ));
-    let (fh2, keep) = fs.open(f.ino, false).await.unwrap();
-    assert!(!keep, "a new version must not keep the kernel's page cache");
+    // While a file of it is open, the inode stays the old version (its pages and size in
+    // the kernel are that version's): whoever finds the new one gets ESTALE, and the kernel
+    // looks the name up again...
+    assert!(matches!(
+        fs.open(f.ino, false).await,
+        Err(FsError::Replaced)
+    ));
+    assert!(matches!(fs.getattr(f.ino).await, Err(FsError::Replaced)));
+    // ...which gives the new version an inode of its own.
+    let g = fs.lookup(ROOT, "f").await.unwrap();
+    assert_ne!(g.ino, f.ino);
+    assert_eq!(g.size, 30_000);
+    let o = fs.open(g.ino, false).await.unwrap();
+    assert!(!o.keep_cache, "a new inode has no pages to keep");
+    let fh2 = o.fh;
     assert_eq!(
-        &concat(&fs.read(fh2, 12_000, 100).await.unwrap())[..],
+        &concat(&fs.read(fh2, 12_000, 100, false).await.unwrap())[..],
         &new[12_000..12_100]
     );
-    assert_eq!(fs.getattr(f.ino).await.unwrap().size, 30_000);
+    // The old file still reads its own version or nothing.
+    match fs.read(fh, 0, 10, false).await {
+        Ok(b) => assert_eq!(&concat(&b)[..], &old[..10]),
+        Err(e) => assert!(matches!(e, FsError::Stale), "{e}"),
+    }
+    assert_eq!(fs.handle_attr(fh).map(|a| a.size), Some(20_000));
+    assert_eq!(fs.handle_attr(fh2).map(|a| a.size), Some(30_000));
+    // A page-cache read beyond the last page of this version means the kernel thinks the
+    // file is longer: failed, not answered short (the kernel would pad it with zeros).
+    let end = 30_000u64.next_multiple_of(super::page_size());
+    assert!(fs.read(fh2, end - 4096, 4096, true).await.is_ok());
+    assert!(matches!(
+        fs.read(fh2, end, 4096, true).await,
+        Err(FsError::SizeMismatch)
+    ));
+    // The same read without the page cache (O_DIRECT) is simply at the end of the file.
+    assert!(concat(&fs.read(fh2, end, 4096, false).await.unwrap()).is_empty());
+    // Once the old file is closed, its inode may move on to the new version; the kernel
+    // must then drop what it has of the old one.
+    fs.release(fh);
+    let o2 = fs.open(f.ino, false).await.unwrap();
+    assert!(!o2.keep_cache && o2.attrs_changed);
+    // Opening the same version again changes nothing the kernel has.
+    let again = fs.open(g.ino, false).await.unwrap();
+    assert!(again.keep_cache && !again.attrs_changed);
+    assert_eq!(fs.getattr(g.ino).await.unwrap().size, 30_000);
     s.delete("f");
-    assert!(matches!(fs.getattr(f.ino).await, Err(FsError::NotFound)));
+    assert!(matches!(fs.getattr(g.ino).await, Err(FsError::NotFound)));
 }
 
 #[tokio::test]
@@ -316,9 +355,9 @@ async fn a_deleted_object_fails_reads_with_eio_not_enoent() {
     s.put("f", pattern(20_000, 1));
     let fs = fs_with(s.clone(), small_blocks());
     let f = fs.lookup(ROOT, "f").await.unwrap();
-    let (fh, _) = fs.open(f.ino, false).await.unwrap();
+    let fh = fs.open(f.ino, false).await.unwrap().fh;
     s.delete("f");
-    let e = fs.read(fh, 3 * 4096, 10).await.unwrap_err();
+    let e = fs.read(fh, 3 * 4096, 10, false).await.unwrap_err();
     assert!(matches!(e, FsError::Stale), "{e:?}");
     assert_eq!(e.errno(), libc::EIO);
 }

@@ -35,6 +35,24 @@ pub struct FuseAdapter<S> {
     ttl: Duration,
     negative_ttl: Duration,
     reply_fd: ReplyFd,
+    notify: Notify,
+}
+
+/// The session's notifier, set once the session exists: tells the kernel to drop cached
+/// attributes and pages of a file whose version changed.
+pub type Notify = Arc<OnceLock<fuser::Notifier>>;
+
+/// Makes the kernel drop the cached attributes and pages of `ino` (it asks again before
+/// the next read). Off the async workers: the kernel may wait for reads in flight on that
+/// file to finish first.
+async fn invalidate_inode(notify: &Notify, ino: u64) {
+    let Some(n) = notify.get().cloned() else {
+        return;
+    };
+    let done = tokio::task::spawn_blocking(move || n.inval_inode(INodeNo(ino), 0, 0)).await;
+    if let Ok(Err(e)) = done {
+        tracing::debug!(ino, error = %e, "cannot invalidate the kernel's cache of the file");
+    }
 }
 
 /// A duplicate of the session's /dev/fuse descriptor, set once the session exists, used to
@@ -75,9 +93,14 @@ fn write_read_reply(fd: &OwnedFd, unique: u64, parts: &[Bytes]) -> std::io::Resu
 }
 
 impl<S: ObjectStore> FuseAdapter<S> {
-    /// `reply_fd` may be filled in after the session is created; until then replies go
-    /// through fuser.
-    pub fn new(fs: Arc<Fs<S>>, rt: tokio::runtime::Handle, reply_fd: ReplyFd) -> Self {
+    /// `reply_fd` and `notify` may be filled in after the session is created; until then
+    /// replies go through fuser and no invalidation is sent.
+    pub fn new(
+        fs: Arc<Fs<S>>,
+        rt: tokio::runtime::Handle,
+        reply_fd: ReplyFd,
+        notify: Notify,
+    ) -> Self {
         let ttl = fs.config().metadata_ttl;
         let negative_ttl = fs.config().negative_ttl;
         FuseAdapter {
@@ -86,6 +109,7 @@ impl<S: ObjectStore> FuseAdapter<S> {
             ttl,
             negative_ttl,
             reply_fd,
+            notify,
         }
     }
 }
@@ -167,6 +191,10 @@ impl<S: ObjectStore> fuser::Filesystem for FuseAdapter<S> {
         // Listings carry attributes, so `ls -l` needs no lookup per entry; always use it.
         let _ = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS);
         let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
+        // Before reading, the kernel checks that its cached attributes are still valid (and
+        // asks again once they have expired or were invalidated), and drops cached pages when
+        // size or mtime changed: its file size then always matches the version being read.
+        let _ = config.add_capabilities(InitFlags::FUSE_AUTO_INVAL_DATA);
         Ok(())
     }
 
@@ -330,15 +358,21 @@ impl<S: ObjectStore> fuser::Filesystem for FuseAdapter<S> {
         let t0 = Instant::now();
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
         let fs = self.fs.clone();
+        let notify = self.notify.clone();
         self.rt.spawn(async move {
             match fs.open(ino.0, write).await {
-                Ok((fh, keep_cache)) => {
+                Ok(o) => {
                     done(FuseOp::Open, t0, 0);
+                    // The kernel still has the old version's size: make it ask again before
+                    // it reads, or it would pad a shorter version with zeros.
+                    if o.attrs_changed {
+                        invalidate_inode(&notify, ino.0).await;
+                    }
                     let mut f = FopenFlags::empty();
-                    if keep_cache {
+                    if o.keep_cache {
                         f |= FopenFlags::FOPEN_KEEP_CACHE;
                     }
-                    reply.opened(FileHandle(fh), f)
+                    reply.opened(FileHandle(o.fh), f)
                 }
                 Err(e) => {
                     done(FuseOp::Open, t0, e.errno());
@@ -356,7 +390,7 @@ impl<S: ObjectStore> fuser::Filesystem for FuseAdapter<S> {
         fh: FileHandle,
         offset: u64,
         size: u32,
-        _flags: OpenFlags,
+        flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
@@ -364,8 +398,11 @@ impl<S: ObjectStore> fuser::Filesystem for FuseAdapter<S> {
         let fs = self.fs.clone();
         let unique = req.unique().0;
         let reply_fd = self.reply_fd.clone();
+        let notify = self.notify.clone();
+        // O_DIRECT reads bypass the page cache: a short answer is the app's end of file.
+        let page_cache = flags.0 & libc::O_DIRECT == 0;
         self.rt.spawn(async move {
-            let result = fs.read(fh.0, offset, size).await;
+            let result = fs.read(fh.0, offset, size, page_cache).await;
             match &result {
                 Ok(parts) => {
                     done(FuseOp::Read, t0, 0);
@@ -391,7 +428,12 @@ impl<S: ObjectStore> fuser::Filesystem for FuseAdapter<S> {
                 },
                 Err(e) => {
                     log_error(FuseOp::Read, || fs.describe(ino.0, None), &e);
-                    reply.error(errno(&e))
+                    reply.error(errno(&e));
+                    // After the reply (the kernel holds the pages of this read until then):
+                    // make it fetch the size again.
+                    if matches!(e, FsError::SizeMismatch) {
+                        invalidate_inode(&notify, ino.0).await;
+                    }
                 }
             }
         });
