@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::auth::{CredentialMode, DEFAULT_AUDIENCE, SessionPolicy, parse_session_policy};
+use crate::auth::{
+    CredentialMode, DEFAULT_AUDIENCE, SessionPolicy, parse_role_arn, parse_session_policy,
+};
 use crate::fs::names;
 
 #[derive(Parser, Debug)]
@@ -81,7 +83,7 @@ pub struct S3Args {
     pub endpoint_url: Option<String>,
 
     /// AWS region of the bucket; default: AWS_REGION, AWS_DEFAULT_REGION, else us-east-1.
-    #[arg(long, env = "S3_OIDC_MOUNT_REGION")]
+    #[arg(long, env = "S3_OIDC_MOUNT_REGION", value_parser = parse_region)]
     pub region: Option<String>,
 
     /// Use path-style URLs (http://host/bucket/key), as most S3-compatible servers need.
@@ -159,11 +161,11 @@ pub struct AuthArgs {
     pub credentials: CredentialMode,
 
     /// IAM role to assume with the identity token; default: AWS_ROLE_ARN.
-    #[arg(long, env = "S3_OIDC_MOUNT_ROLE_ARN")]
+    #[arg(long, env = "S3_OIDC_MOUNT_ROLE_ARN", value_parser = parse_role_arn)]
     pub role_arn: Option<String>,
 
     /// Audience of the requested identity token (must match the role's trust policy).
-    #[arg(long, env = "S3_OIDC_MOUNT_AUDIENCE", default_value = DEFAULT_AUDIENCE)]
+    #[arg(long, env = "S3_OIDC_MOUNT_AUDIENCE", default_value = DEFAULT_AUDIENCE, value_parser = parse_nonempty)]
     pub audience: String,
 
     /// Identity token file for --credentials token-file; default: AWS_WEB_IDENTITY_TOKEN_FILE.
@@ -171,7 +173,7 @@ pub struct AuthArgs {
     pub token_file: Option<PathBuf>,
 
     /// STS region; default: the bucket's region.
-    #[arg(long, env = "S3_OIDC_MOUNT_STS_REGION")]
+    #[arg(long, env = "S3_OIDC_MOUNT_STS_REGION", value_parser = parse_region)]
     pub sts_region: Option<String>,
 
     /// STS endpoint URL (private endpoints, tests); default: the regional AWS endpoint.
@@ -184,7 +186,7 @@ pub struct AuthArgs {
 
     /// RoleSessionName (shown in CloudTrail); default: from the workload (Cloud Run
     /// revision or job execution, and instance id).
-    #[arg(long, env = "S3_OIDC_MOUNT_SESSION_NAME")]
+    #[arg(long, env = "S3_OIDC_MOUNT_SESSION_NAME", value_parser = parse_nonempty)]
     pub session_name: Option<String>,
 
     /// Session policy: auto (read-only, this bucket and prefix), none, or @FILE (JSON).
@@ -257,7 +259,7 @@ pub struct MountArgs {
     /// Memory budget of the block cache and prefetch, in bytes with binary units
     /// (e.g. 512MiB, 2G); default: a quarter of the cgroup memory limit (64 MiB..2 GiB),
     /// or 512 MiB without a limit.
-    #[arg(long, env = "S3_OIDC_MOUNT_CACHE_SIZE", value_parser = parse_size)]
+    #[arg(long, env = "S3_OIDC_MOUNT_CACHE_SIZE", value_parser = parse_cache_size)]
     pub cache_size: Option<u64>,
 
     /// Size of one ranged GET for sequential reads (binary units, 1MiB..64MiB).
@@ -270,7 +272,7 @@ pub struct MountArgs {
 
     /// Kernel readahead for the mount (sequential reads ask this far ahead; 0 keeps the
     /// kernel's default). Needs write access to /sys; skipped with a debug log otherwise.
-    #[arg(long, env = "S3_OIDC_MOUNT_KERNEL_READAHEAD", default_value = "2MiB", value_parser = parse_size)]
+    #[arg(long, env = "S3_OIDC_MOUNT_KERNEL_READAHEAD", default_value = "2MiB", value_parser = parse_readahead)]
     pub kernel_readahead: u64,
 
     #[command(flatten)]
@@ -398,6 +400,47 @@ fn parse_block_size(s: &str) -> Result<u64, String> {
         Err(format!(
             "block size {s:?} must be a power of two between 16KiB and 8MiB"
         ))
+    }
+}
+
+/// Region names: AWS's (`eu-west-1`) and other servers' (`garage`, `fr-par`, `auto`).
+pub fn parse_region(s: &str) -> Result<String, String> {
+    let ok = (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_');
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "{s:?} is not a region name (letters, digits, '-' and '_', such as us-east-1)"
+        ))
+    }
+}
+
+fn parse_nonempty(s: &str) -> Result<String, String> {
+    if s.trim().is_empty() {
+        Err("must not be empty".into())
+    } else {
+        Ok(s.to_string())
+    }
+}
+
+/// Less could not hold the blocks of one sequential read and its prefetch.
+fn parse_cache_size(s: &str) -> Result<u64, String> {
+    let n = parse_size(s)?;
+    if n >= 16 << 20 {
+        Ok(n)
+    } else {
+        Err(format!("cache size {s:?} must be at least 16MiB"))
+    }
+}
+
+fn parse_readahead(s: &str) -> Result<u64, String> {
+    let n = parse_size(s)?;
+    if n <= 1 << 30 {
+        Ok(n)
+    } else {
+        Err(format!("kernel readahead {s:?} must be at most 1GiB"))
     }
 }
 

@@ -108,7 +108,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
 /// exit status 0 only if all passed.
 async fn doctor(a: &DoctorArgs) -> anyhow::Result<u8> {
     let source = parse_source(&a.source).map_err(anyhow::Error::msg)?;
-    let s3 = s3_options(&a.s3, &source);
+    let s3 = s3_options(&a.s3, &source)?;
     let auth = auth_config(&a.auth, &source, &s3.region)?;
     let (env, target) = RealEnv::new(auth, s3, source).await;
     let report = s3_oidc_mount::doctor::diagnose(&env, &target).await;
@@ -180,31 +180,35 @@ fn auth_config(a: &AuthArgs, source: &Source, s3_region: &str) -> anyhow::Result
 }
 
 /// The S3 options with their environment defaults.
-fn s3_options(a: &S3Args, source: &Source) -> S3Options {
+fn s3_options(a: &S3Args, source: &Source) -> anyhow::Result<S3Options> {
     let region = a
         .region
         .clone()
         .or_else(|| env_nonempty("AWS_REGION"))
         .or_else(|| env_nonempty("AWS_DEFAULT_REGION"))
         .unwrap_or_else(|| "us-east-1".to_string());
+    // Also when it came from AWS_REGION or AWS_DEFAULT_REGION.
+    s3_oidc_mount::cli::parse_region(&region).map_err(|e| {
+        anyhow::anyhow!("region: {e} (from --region, AWS_REGION or AWS_DEFAULT_REGION)")
+    })?;
     let endpoint_url = a
         .endpoint_url
         .clone()
         .or_else(|| env_nonempty("AWS_ENDPOINT_URL_S3"))
         .or_else(|| env_nonempty("AWS_ENDPOINT_URL"));
-    S3Options {
+    Ok(S3Options {
         bucket: source.bucket.clone(),
         region,
         endpoint_url,
         force_path_style: a.force_path_style,
         max_attempts: a.max_attempts,
         request_timeout: a.request_timeout,
-    }
+    })
 }
 
 fn mount_config(a: &MountArgs) -> anyhow::Result<MountConfig> {
     let source = parse_source(&a.source).map_err(anyhow::Error::msg)?;
-    let s3 = s3_options(&a.s3, &source);
+    let s3 = s3_options(&a.s3, &source)?;
     // SAFETY: geteuid/getegid cannot fail.
     let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
     let fs = FsConfig {

@@ -48,7 +48,15 @@ pub fn parse_session_policy(s: &str) -> Result<SessionPolicy, String> {
     match s {
         "auto" => Ok(SessionPolicy::Auto),
         "none" => Ok(SessionPolicy::None),
-        f if f.starts_with('@') && f.len() > 1 => Ok(SessionPolicy::File(PathBuf::from(&f[1..]))),
+        f if f.starts_with('@') && f.len() > 1 => {
+            // Read at each exchange; a file that is not there is a typo, said at once.
+            let path = PathBuf::from(&f[1..]);
+            if path.is_file() {
+                Ok(SessionPolicy::File(path))
+            } else {
+                Err(format!("session policy file {:?} does not exist", path))
+            }
+        }
         _ => Err(format!("{s:?}: use auto, none or @FILE")),
     }
 }
@@ -256,6 +264,15 @@ pub async fn web_identity(
     Ok((source, exchanger))
 }
 
+/// `--role-arn`: checked when given, whatever the credential mode.
+pub fn parse_role_arn(s: &str) -> Result<String, String> {
+    check_role_arn(s).map_err(|e| match e {
+        AuthError::Config(m) => m,
+        other => other.to_string(),
+    })?;
+    Ok(s.to_string())
+}
+
 fn check_role_arn(arn: &str) -> Result<(), AuthError> {
     let parts: Vec<&str> = arn.split(':').collect();
     if parts.len() == 6 && parts[0] == "arn" && parts[2] == "iam" && parts[5].starts_with("role/") {
@@ -285,10 +302,13 @@ mod tests {
     fn session_policy_flag() {
         assert_eq!(parse_session_policy("auto").unwrap(), SessionPolicy::Auto);
         assert_eq!(parse_session_policy("none").unwrap(), SessionPolicy::None);
+        let f = tempfile::NamedTempFile::new().unwrap();
+        let at = format!("@{}", f.path().display());
         assert_eq!(
-            parse_session_policy("@/p.json").unwrap(),
-            SessionPolicy::File("/p.json".into())
+            parse_session_policy(&at).unwrap(),
+            SessionPolicy::File(f.path().into())
         );
+        assert!(parse_session_policy("@/nonexistent/p.json").is_err());
         assert!(parse_session_policy("@").is_err());
         assert!(parse_session_policy("strict").is_err());
     }
