@@ -9,7 +9,8 @@
 #
 # Environment: TEST_RGW_PORT / TEST_RGW_MON_PORT (default 17480 / 17789);
 # S3OM_SKIP_CONTAINER=1 skips the container tests (they are also skipped, with a message,
-# when the Docker engine cannot start on this machine).
+# when the Docker engine cannot start on this machine); FUZZ_SECS (fuzzing time, default
+# 20); SOAK_SECS, NAMESPACE_OBJECTS (longer reliability runs, see README).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -40,6 +41,8 @@ log "cargo clippy"
 cargo clippy --locked --all-targets -- -D warnings
 log "cargo test"
 cargo test --locked --all-targets "$@"
+log "fuzz the name/listing rules (${FUZZ_SECS:-20} s)"
+scripts/fuzz.sh "${FUZZ_SECS:-20}"
 
 container_tests() {
     if [[ ${S3OM_SKIP_CONTAINER:-} == 1 ]]; then

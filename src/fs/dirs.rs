@@ -1,12 +1,12 @@
 //! Directory listings: every page of a delimited ListObjectsV2, turned into names by the
 //! rules of `names`, cached with a TTL.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::inodes::{Kind, ObjStat};
-use super::names::{self, Hidden};
+use super::names::{DirNames, Hidden};
 use futures::StreamExt;
 use tokio::sync::watch;
 
@@ -52,7 +52,7 @@ pub async fn list_dir<S: ObjectStore>(
     warn: &HiddenLog,
 ) -> Result<Listing, StoreError> {
     let fetched = Instant::now();
-    let mut map: BTreeMap<Arc<str>, DirEntry> = BTreeMap::new();
+    let mut map = DirNames::new(dir_key);
     let first = store
         .list_page(dir_key, true, ListFrom::Start, None)
         .await?;
@@ -61,7 +61,7 @@ pub async fn list_dir<S: ObjectStore>(
         .next
         .clone()
         .map(|token| (token, split_points(dir_key, &first)));
-    add_page(&mut map, dir_key, &first, warn);
+    add_page(&mut map, &first, warn);
     if let Some((token, splits)) = plan {
         // Range 0 continues with the token up to the first split; range i lists
         // (split_i-1, split_i]; the last one runs to the end.
@@ -78,7 +78,7 @@ pub async fn list_dir<S: ObjectStore>(
         for r in results {
             for page in r? {
                 pages += 1;
-                add_page(&mut map, dir_key, &page, warn);
+                add_page(&mut map, &page, warn);
             }
         }
     }
@@ -93,8 +93,19 @@ pub async fn list_dir<S: ObjectStore>(
 }
 
 impl Listing {
-    fn new(map: BTreeMap<Arc<str>, DirEntry>, fetched: Instant) -> Self {
-        let entries: Vec<DirEntry> = map.into_values().collect();
+    fn new(map: DirNames<ObjStat>, fetched: Instant) -> Self {
+        let entries: Vec<DirEntry> = map
+            .into_entries()
+            .map(|(name, file)| DirEntry {
+                name,
+                kind: if file.is_some() {
+                    Kind::File
+                } else {
+                    Kind::Dir
+                },
+                stat: file,
+            })
+            .collect();
         let index = entries
             .iter()
             .enumerate()
@@ -119,8 +130,8 @@ impl Listing {
         if page.next.is_some() {
             return None;
         }
-        let mut map = BTreeMap::new();
-        add_page(&mut map, dir_key, page, warn);
+        let mut map = DirNames::new(dir_key);
+        add_page(&mut map, page, warn);
         Some(Listing::new(map, fetched))
     }
 }
@@ -245,60 +256,18 @@ pub fn split_points(dir_key: &str, page: &ListPage) -> Vec<String> {
     }
 }
 
-fn add_page(
-    map: &mut BTreeMap<Arc<str>, DirEntry>,
-    dir_key: &str,
-    page: &ListPage,
-    warn: &HiddenLog,
-) {
+fn add_page(map: &mut DirNames<ObjStat>, page: &ListPage, warn: &HiddenLog) {
+    let mut hidden = |key: &str, why: Hidden| warn.hidden(key, why);
     for cp in &page.prefixes {
-        let Some(name) = names::entry_name(dir_key, cp, true) else {
-            continue;
-        };
-        if let Err(why) = names::check_name(name) {
-            warn.hidden(cp, why);
-            continue;
-        }
-        let name: Arc<str> = name.into();
-        if let Some(old) = map.get(&name)
-            && old.kind == Kind::File
-        {
-            warn.hidden(&format!("{dir_key}{name}"), Hidden::ShadowedByDirectory);
-        }
-        map.insert(
-            name.clone(),
-            DirEntry {
-                name,
-                kind: Kind::Dir,
-                stat: None,
-            },
-        );
+        map.add_prefix(cp, &mut hidden);
     }
     for obj in &page.objects {
-        let Some(name) = names::entry_name(dir_key, &obj.key, false) else {
-            continue; // the directory's own marker object
+        let stat = ObjStat {
+            size: obj.size,
+            mtime: obj.last_modified,
+            etag: obj.etag.as_str().into(),
         };
-        if let Err(why) = names::check_name(name) {
-            warn.hidden(&obj.key, why);
-            continue;
-        }
-        if map.get(name).is_some_and(|e| e.kind == Kind::Dir) {
-            warn.hidden(&obj.key, Hidden::ShadowedByDirectory);
-            continue;
-        }
-        let name: Arc<str> = name.into();
-        map.insert(
-            name.clone(),
-            DirEntry {
-                name,
-                kind: Kind::File,
-                stat: Some(ObjStat {
-                    size: obj.size,
-                    mtime: obj.last_modified,
-                    etag: obj.etag.as_str().into(),
-                }),
-            },
-        );
+        map.add_object(&obj.key, stat, &mut hidden);
     }
 }
 

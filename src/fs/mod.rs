@@ -4,6 +4,8 @@
 pub mod dirs;
 pub mod inodes;
 pub mod names;
+#[cfg(test)]
+mod proptests;
 pub mod read;
 #[cfg(test)]
 mod tests;
