@@ -21,9 +21,8 @@ use crate::store::urlkey;
 /// (`dir` itself) is no entry; a name must be 1..=255 bytes, not `.` or `..`, without NUL;
 /// a directory hides a file of the same name.
 fn model_dir(keys: &[String], dir: &str) -> BTreeMap<String, Kind> {
-    let valid = |n: &str| {
-        !n.is_empty() && n.len() <= 255 && n != "." && n != ".." && !n.contains('\0')
-    };
+    let valid =
+        |n: &str| !n.is_empty() && n.len() <= 255 && n != "." && n != ".." && !n.contains('\0');
     let mut out = BTreeMap::new();
     for k in keys {
         let Some(rest) = k.strip_prefix(dir) else {

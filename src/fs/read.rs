@@ -313,9 +313,12 @@ async fn fetch_once<S: ObjectStore>(
     let deadline = tokio::time::Instant::now()
         + timeout
         + Duration::from_millis((end - start).saturating_mul(1000) / MIN_BODY_RATE);
-    // Blocks are made of the response's own chunks, cut at block boundaries: no copy.
-    let mut current: Vec<Bytes> = Vec::new();
-    let mut have = 0usize;
+    // Each block is copied into an allocation of its own size. Keeping slices of the
+    // response's chunks instead would keep the HTTP client's whole read buffers alive (up to
+    // several times the block) for as long as any block cut from them is cached: the cache
+    // would count far less memory than it holds (measured: peak RSS 170 MiB instead of
+    // 108 MiB for a 64 MiB budget under random readers).
+    let mut current = BytesMut::new();
     loop {
         let until = deadline.min(tokio::time::Instant::now() + timeout);
         let chunk = match tokio::time::timeout_at(until, stream.next()).await {
@@ -338,14 +341,16 @@ async fn fetch_once<S: ObjectStore>(
                 )));
             };
             let want = block_len(slot.key().index) as usize;
-            let n = (want - have).min(chunk.len());
-            current.push(chunk.split_to(n));
-            have += n;
-            if have == want {
-                if let Some(slot) = slots.pop_front() {
-                    slot.complete(Ok(Block::new(std::mem::take(&mut current))));
-                }
-                have = 0;
+            if current.capacity() == 0 {
+                current = BytesMut::with_capacity(want);
+            }
+            let n = (want - current.len()).min(chunk.len());
+            current.extend_from_slice(&chunk.split_to(n));
+            if current.len() == want
+                && let Some(slot) = slots.pop_front()
+            {
+                let block = std::mem::take(&mut current).freeze();
+                slot.complete(Ok(Block::from(block)));
             }
         }
     }
