@@ -240,12 +240,26 @@ fn listing_and_lookup_faults_never_give_a_partial_listing() {
         // And the same listing again, from the cache.
         assert_eq!(names(&m, &dir).unwrap(), small, "{fault:?}");
     }
+    // A lookup whose HEAD is throttled twice: retried, answered.
+    proxy.clear();
+    proxy.add(
+        Rule {
+            method: Some("HEAD".into()),
+            ..Rule::all(Fault::slow_down())
+        }
+        .times(2),
+    );
+    assert_eq!(
+        std::fs::metadata(m.p("f12")).unwrap().len(),
+        fx.data[12].len() as u64
+    );
+    assert_eq!(proxy.fault_count(), 2 * 4 + 1 + 2);
     // A directory of several LIST pages, listed in parallel ranges, with pages cut short.
     proxy.clear();
     proxy.add(Rule::lists(Fault::MangleXml).skip(1).every(2).times(2));
     let big: BTreeSet<String> = (0..BIG_DIR).map(|i| format!("e{i:05}")).collect();
     assert_eq!(names(&m, "big").unwrap(), big);
-    assert_eq!(proxy.fault_count(), 2 * 4 + 1 + 2);
+    assert_eq!(proxy.fault_count(), 2 * 4 + 1 + 2 + 2);
     // LISTs failing for good: EIO (not an empty or partial listing), then fine again.
     proxy.clear();
     proxy.add(Rule::lists(Fault::slow_down()));
