@@ -122,6 +122,9 @@ fn every_flag_refuses_bad_values() {
             "must be shorter than --session-duration",
         ),
         (vec!["--refresh-margin", "soon"], 2, "duration"),
+        (vec!["--http-addr", "1.2.3"], 2, "socket address"),
+        (vec!["--http-addr", "127.0.0.1:99999"], 2, "socket address"),
+        (vec!["--ready-min-validity", "soon"], 2, "duration"),
         (vec!["--log-level", "verbose"], 2, "verbose"),
         (vec!["--log-format", "xml"], 2, "possible values"),
         (vec!["--no-such-flag"], 2, "no-such-flag"),
@@ -173,17 +176,35 @@ fn every_flag_refuses_bad_values() {
         );
     }
     // `run`'s own options, and `run` without an app.
-    for (extra, needle) in [
-        (vec!["--ready-timeout", "5x"], "duration"),
-        (vec!["--grace-period", "-1"], "-1"),
+    for (extra, want, needle) in [
+        (vec!["--ready-timeout", "5x"], 2, "duration"),
+        (vec!["--grace-period", "-1"], 2, "-1"),
+        (vec!["--app-user", "no-such-user-here"], 1, "no user named"),
+        (
+            vec!["--app-user", "0:no-such-group-here"],
+            1,
+            "no group named",
+        ),
+        (vec!["--app-user", ":"], 1, "expected USER or USER:GROUP"),
     ] {
         let mut args = vec!["run".to_string()];
         args.extend(extra.iter().map(|s| s.to_string()));
         args.extend(mount_args("s3://some-bucket", mp, &[]).into_iter().skip(1));
         args.extend(["--".to_string(), "true".to_string()]);
         let (code, err) = run(&args);
-        assert_eq!(code, Some(2), "{extra:?}: {err}");
+        assert_eq!(code, Some(want), "{extra:?}: {err}");
         assert!(err.contains(needle), "{extra:?}: {err}");
+    }
+    // `doctor` shares the S3 and credential options, and their checks.
+    for (extra, needle) in [
+        (vec!["--max-attempts", "0"], "--max-attempts"),
+        (vec!["--role-arn", "reader"], "not an IAM role ARN"),
+    ] {
+        let mut args = vec!["doctor".to_string(), "s3://some-bucket".to_string()];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let (code, err) = run(&args);
+        assert_eq!(code, Some(2), "doctor {extra:?}: {err}");
+        assert!(err.contains(needle), "doctor {extra:?}: {err}");
     }
     let mut args = vec!["run".to_string()];
     args.extend(mount_args("s3://some-bucket", mp, &[]).into_iter().skip(1));

@@ -24,7 +24,8 @@ pub struct BlockKey {
     pub index: u64,
 }
 
-/// One block of an object: the response chunks it arrived in, kept as they are (no copy);
+/// One block of an object, in one or more chunks (the reader stores one allocation of the
+/// block's exact size, so the budget counts what is held);
 /// a read answers with slices of them in one vectored write.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Block {
