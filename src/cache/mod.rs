@@ -24,9 +24,9 @@ pub struct BlockKey {
     pub index: u64,
 }
 
-/// One block of an object, in one or more chunks (the reader stores one allocation of the
-/// block's exact size, so the budget counts what is held);
-/// a read answers with slices of them in one vectored write.
+/// One block of an object, in one or more chunks (the HTTP body's own, for long runs; one
+/// exact-size copy for short ones, see `fs::read::fetch_once`); a read answers with slices
+/// of them in one vectored write.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Block {
     chunks: Arc<[Bytes]>,
