@@ -704,7 +704,10 @@ async fn read_one<S: ObjectStore>(store: &S, first: &ListPage, t: &Target) -> St
     }
     let want = head.size.min(GET_BYTES);
     let what = format!("GET {url} bytes 0-{}", want - 1);
-    let mut body = match store.get_range(&obj.key, 0..want, &head.etag).await {
+    let mut body = match store
+        .get_range(&obj.key, 0..want, &head.etag, head.size)
+        .await
+    {
         Ok(b) => b,
         Err(e) => return store_failure(READ, &what, &e, t, "s3:GetObject"),
     };
@@ -896,8 +899,9 @@ mod tests {
             key: &str,
             range: Range<u64>,
             etag: &str,
+            size: u64,
         ) -> Result<ByteStream, StoreError> {
-            self.inner.get_range(key, range, etag).await
+            self.inner.get_range(key, range, etag, size).await
         }
     }
 

@@ -115,9 +115,13 @@ fn check(path: &Path, clear_dead: bool) -> Result<PathBuf, MountError> {
     }
     let canonical = path.canonicalize().map_err(|e| err(e.to_string()))?;
     if is_mount_point(&canonical) {
-        // The kernel may answer stat of a dead mount from its cache: listing it tells.
-        let dead =
-            std::fs::read_dir(&canonical).is_err_and(|e| e.raw_os_error() == Some(libc::ENOTCONN));
+        // Only a mount of ours is probed: listing a live but stuck mount of another daemon
+        // could hang. The kernel may answer stat of a dead mount from its cache: listing
+        // it tells.
+        let ours = mount_source(&canonical).is_some_and(|(t, s)| is_ours(&t, &s));
+        let dead = ours
+            && std::fs::read_dir(&canonical)
+                .is_err_and(|e| e.raw_os_error() == Some(libc::ENOTCONN));
         if clear_dead && dead {
             return clear_and_recheck(path);
         }
@@ -151,7 +155,7 @@ fn clear_dead_mount(path: &Path) -> Result<(), String> {
         _ => return Err("not a mount of this program".into()),
     };
     match mount_source(&abs) {
-        Some((fstype, source)) if fstype.starts_with("fuse") && source.starts_with("s3://") => {}
+        Some((fstype, source)) if is_ours(&fstype, &source) => {}
         Some((fstype, source)) => {
             return Err(format!("the mount there ({fstype} {source}) is not ours"));
         }
@@ -174,6 +178,12 @@ fn clear_dead_mount(path: &Path) -> Result<(), String> {
             String::from_utf8_lossy(&out.stderr).trim()
         ))
     }
+}
+
+/// A mount of this program: FUSE (with our subtype where fusermount3 mounted it; a mount
+/// made as root shows plain `fuse`), the `s3://` URL as its source.
+fn is_ours(fstype: &str, source: &str) -> bool {
+    matches!(fstype, "fuse" | "fuse.s3-oidc-mount") && source.starts_with("s3://")
 }
 
 /// The filesystem type and source of what is mounted at `path` (the last mount there), from
@@ -655,8 +665,9 @@ impl Mounted {
 
 fn lazy_unmount(path: &Path) -> Result<(), MountError> {
     let c = CString::new(path.as_os_str().as_bytes()).map_err(|e| MountError::Io(e.to_string()))?;
+    // NOFOLLOW: a symlink swapped in for the path must not redirect the unmount.
     // SAFETY: c is a valid NUL-terminated path for the duration of the call.
-    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
+    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH | libc::UMOUNT_NOFOLLOW) } != 0 {
         return Err(MountError::Io(format!(
             "lazy unmount of {} failed: {}",
             path.display(),

@@ -135,7 +135,8 @@ fn transient_faults_on_reads_are_retried_and_every_byte_is_right() {
         read_sha(&m.p("t.bin")).unwrap(),
         sha256(&random_bytes(TRICKLED, 77))
     );
-    assert_eq!(gets_of(&proxy, "t.bin"), 2);
+    // The trickled GET, then at least the retry (the kernel may split the read).
+    assert!(gets_of(&proxy, "t.bin") >= 2);
     let log = m.log_text();
     assert!(log.contains("response body stalled or too slow"), "{log}");
     assert!(log.contains("ranged GET failed, retrying"), "{log}");
@@ -440,7 +441,8 @@ fn an_object_overwritten_while_open_is_read_whole_or_not_at_all() {
 #[test]
 fn an_object_deleted_while_open_is_read_whole_or_not_at_all() {
     let fx = fixture();
-    let v1 = random_bytes((5 << 20) + 3, 601);
+    // Far more than a first read fetches ahead, so some of it is never cached.
+    let v1 = random_bytes((32 << 20) + 3, 601);
     put(&fx.bucket, "changing/del.bin", v1.clone());
     let m = mount(
         &format!("s3://{}", fx.bucket),

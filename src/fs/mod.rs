@@ -397,7 +397,10 @@ impl<S: ObjectStore> Fs<S> {
     /// Attributes of `ino`, asking S3 again once they are older than the TTL.
     pub async fn getattr(&self, ino: Ino) -> Result<Attr, FsError> {
         let node = self.node(ino)?;
-        if node.kind == Kind::Dir || node.valid_until > Instant::now() {
+        // An inode with open files is the version they read: the kernel sends fstat without
+        // the file handle and never retries it on ESTALE, so it gets that version's
+        // attributes. A path lookup after the TTL finds a newer version under a new inode.
+        if node.kind == Kind::Dir || node.valid_until > Instant::now() || node.open_handles > 0 {
             return Ok(self.attr_of(ino, &node));
         }
         let node = self.refresh_file(ino, &node).await?;
@@ -593,10 +596,17 @@ impl<S: ObjectStore> Fs<S> {
         if node.valid_until <= Instant::now() || node.stat.is_none() {
             node = self.refresh_file(ino, &node).await?;
         }
-        let stat = node.stat.clone().ok_or(FsError::NotFound)?;
-        let keep_cache = {
+        let refreshed = node.stat.clone().ok_or(FsError::NotFound)?;
+        let (stat, keep_cache) = {
             let mut t = lock(&self.inodes);
             let n = t.get_mut(ino).ok_or(FsError::NotFound)?;
+            // Pin what the inode says now, which is what the kernel is told: a lookup may
+            // have moved it to a newer version since the refresh above.
+            let stat = if n.open_handles == 0 {
+                n.stat.clone().ok_or(FsError::NotFound)?
+            } else {
+                refreshed
+            };
             if n.pinned_other_than(&stat.etag) {
                 // Replaced between the refresh and now: as in refresh_file.
                 return Err(FsError::Replaced);
@@ -605,7 +615,7 @@ impl<S: ObjectStore> Fs<S> {
             let same = n.opened_etag.as_deref() == Some(&*stat.etag);
             n.opened_etag = Some(stat.etag.clone());
             n.open_handles += 1;
-            same
+            (stat, same)
         };
         let attrs_changed = told.as_deref() != Some(&*stat.etag);
         let handle = Arc::new(FileHandle::new(ino, node.key.clone(), stat));

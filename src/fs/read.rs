@@ -24,15 +24,29 @@ const ZERO_COPY_RUN: u64 = 4 << 20;
 pub struct FileHandle {
     pub ino: Ino,
     pub key: Arc<str>,
+    /// The version its cached blocks are keyed by (the ETag, or size and mtime without one).
+    version: Arc<str>,
     pub stat: ObjStat,
     seq: Mutex<SeqState>,
 }
 
 impl FileHandle {
     pub fn new(ino: Ino, key: Arc<str>, stat: ObjStat) -> Self {
+        // Cached blocks are keyed by version. Where the server sends no ETag, size and
+        // modification time stand in for it, so two versions never share blocks.
+        let version = if stat.etag.is_empty() {
+            let mtime = stat
+                .mtime
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            format!("~{}:{}", stat.size, mtime.as_nanos()).into()
+        } else {
+            stat.etag.clone()
+        };
         FileHandle {
             ino,
             key,
+            version,
             stat,
             seq: Mutex::new(SeqState::default()),
         }
@@ -72,7 +86,7 @@ impl SeqState {
 fn block_key(h: &FileHandle, index: u64) -> BlockKey {
     BlockKey {
         key: h.key.clone(),
-        etag: h.stat.etag.clone(),
+        etag: h.version.clone(),
         index,
     }
 }
@@ -310,7 +324,9 @@ async fn fetch_once<S: ObjectStore>(
     let start = front.key().index * bs;
     let end = ((back.key().index + 1) * bs).min(size);
     let block_len = |index: u64| ((index + 1) * bs).min(size) - index * bs;
-    let mut stream = store.get_range(&h.key, start..end, &h.stat.etag).await?;
+    let mut stream = store
+        .get_range(&h.key, start..end, &h.stat.etag, h.stat.size)
+        .await?;
     // The body must keep coming (no gap longer than the timeout) and arrive whole by a
     // deadline, so no read waits on a stalled or trickling response forever.
     let deadline = tokio::time::Instant::now()

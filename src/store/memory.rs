@@ -139,11 +139,12 @@ impl ObjectStore for MemoryStore {
         key: &str,
         range: Range<u64>,
         etag: &str,
+        size: u64,
     ) -> Result<ByteStream, StoreError> {
         self.gets.fetch_add(1, Ordering::Relaxed);
         let objects = self.lock();
         let (data, meta) = objects.get(key).ok_or(StoreError::NotFound)?;
-        if meta.etag != etag {
+        if meta.etag != etag || meta.size != size {
             return Err(StoreError::PreconditionFailed);
         }
         if range.start >= range.end || range.end > data.len() as u64 {

@@ -88,11 +88,14 @@ pub trait ObjectStore: Send + Sync + 'static {
 
     fn head(&self, key: &str) -> impl Future<Output = Result<ObjectMeta, StoreError>> + Send;
 
-    /// GET of `range` (non-empty, within the object) of the version with `etag`.
+    /// GET of `range` (non-empty, within the object) of the version with `etag` and `size`.
+    /// An answer for an object of another size is refused as a changed object: with a
+    /// server that sends no ETags, the size is all that tells two versions apart.
     fn get_range(
         &self,
         key: &str,
         range: Range<u64>,
         etag: &str,
+        size: u64,
     ) -> impl Future<Output = Result<ByteStream, StoreError>> + Send;
 }

@@ -278,6 +278,7 @@ impl ObjectStore for S3Store {
         key: &str,
         range: Range<u64>,
         etag: &str,
+        size: u64,
     ) -> Result<ByteStream, StoreError> {
         let want = range.end - range.start;
         let mut req = self
@@ -323,13 +324,27 @@ impl ObjectStore for S3Store {
                 )));
             }
         }
-        if let Some(cr) = out.content_range() {
-            let expected = format!("bytes {}-{}/", range.start, range.end - 1);
-            if !cr.starts_with(&expected) {
+        // A part of the object must say which part of how much: the total tells another
+        // version apart even where the server sends no ETag.
+        match out.content_range() {
+            Some(cr) => {
+                let expected = format!("bytes {}-{}/", range.start, range.end - 1);
+                let Some(total) = cr.strip_prefix(&expected) else {
+                    return Err(StoreError::Transient(format!(
+                        "GET {key}: Content-Range {cr:?}, expected {expected:?} (request id {rid})"
+                    )));
+                };
+                if total != "*" && total.parse::<u64>().ok() != Some(size) {
+                    tracing::warn!(key, size, content_range = cr, request_id = %rid, "GET answered for an object of another size");
+                    return Err(StoreError::PreconditionFailed);
+                }
+            }
+            None if range != (0..size) => {
                 return Err(StoreError::Transient(format!(
-                    "GET {key}: Content-Range {cr:?}, expected {expected:?} (request id {rid})"
+                    "GET {key} {range:?}: no Content-Range in a partial answer (request id {rid})"
                 )));
             }
+            None => {}
         }
         let body = out.body;
         let stream = futures::stream::unfold((body, rid), |(mut body, rid)| async move {
