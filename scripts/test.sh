@@ -61,7 +61,7 @@ container_tests() {
     DOCKER_BUILDKIT=1 /usr/bin/docker build -q --network host -t s3-oidc-mount-app:test \
         --build-arg MOUNT_IMAGE=s3-oidc-mount:test docs/app-image >/dev/null
     S3OM_TEST_IMAGE=s3-oidc-mount:test S3OM_TEST_APP_IMAGE=s3-oidc-mount-app:test \
-        cargo test --locked --test container -- --ignored --nocapture
+        cargo test --locked --test it container:: -- --ignored --nocapture
 }
 container_tests
 log "all tests passed"

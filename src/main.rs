@@ -10,7 +10,7 @@ use s3_oidc_mount::cli::{
 };
 use s3_oidc_mount::doctor::RealEnv;
 use s3_oidc_mount::fs::FsConfig;
-use s3_oidc_mount::mount::{self, MountConfig};
+use s3_oidc_mount::mount::{self, MountConfig, SessionOptions};
 use s3_oidc_mount::run::RunConfig;
 use s3_oidc_mount::store::s3::S3Options;
 use s3_oidc_mount::util::env_nonempty;
@@ -84,9 +84,9 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             let mut mount = mount_config(&args.mount)?;
             if let Some(u) = &app_user {
                 // The app must be able to reach the mount and own what it reads.
-                mount.allow_other = true;
-                mount.fs.uid = args.mount.uid.unwrap_or(u.uid);
-                mount.fs.gid = args.mount.gid.unwrap_or(u.gid);
+                mount.session.allow_other = true;
+                mount.session.fs.uid = args.mount.uid.unwrap_or(u.uid);
+                mount.session.fs.gid = args.mount.gid.unwrap_or(u.gid);
             }
             let cfg = RunConfig {
                 mount,
@@ -227,16 +227,20 @@ fn mount_config(a: &MountArgs) -> anyhow::Result<MountConfig> {
         ..FsConfig::default()
     };
     let auth = auth_config(&a.auth, &source, &s3.region)?;
+    let fsname = source.to_string();
     Ok(MountConfig {
         auth,
         s3,
         source,
         mountpoint: a.mountpoint.clone(),
-        fs,
-        cache_bytes: a.cache_size.unwrap_or_else(mount::default_cache_bytes),
-        allow_other: a.allow_other,
-        kernel_readahead: a.kernel_readahead,
-        fuse_threads: usize::from(a.fuse_threads),
+        session: SessionOptions {
+            fsname,
+            fs,
+            cache_bytes: a.cache_size.unwrap_or_else(mount::default_cache_bytes),
+            allow_other: a.allow_other,
+            kernel_readahead: a.kernel_readahead,
+            fuse_threads: usize::from(a.fuse_threads),
+        },
         http_addr: a.http_addr,
         ready_min_validity: ready_min_validity(a),
     })

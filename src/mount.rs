@@ -25,17 +25,39 @@ pub struct MountConfig {
     pub source: Source,
     pub mountpoint: PathBuf,
     pub s3: S3Options,
+    pub session: SessionOptions,
+    pub auth: AuthConfig,
+    /// Where to serve /healthz, /readyz and /metrics (none: no HTTP server).
+    pub http_addr: Option<SocketAddr>,
+    /// /readyz fails once the credentials are valid for less than this.
+    pub ready_min_validity: Duration,
+}
+
+/// What the FUSE session over a store needs, whatever the store.
+#[derive(Clone, Debug)]
+pub struct SessionOptions {
+    /// Shown as the mount's source (`s3://bucket/prefix`).
+    pub fsname: String,
     pub fs: FsConfig,
     pub cache_bytes: u64,
     pub allow_other: bool,
     /// Bytes of kernel readahead to set on the mount (0: leave the default).
     pub kernel_readahead: u64,
     pub fuse_threads: usize,
-    pub auth: AuthConfig,
-    /// Where to serve /healthz, /readyz and /metrics (none: no HTTP server).
-    pub http_addr: Option<SocketAddr>,
-    /// /readyz fails once the credentials are valid for less than this.
-    pub ready_min_validity: Duration,
+}
+
+impl SessionOptions {
+    /// Defaults for a mount of `fsname` (tests, the in-memory store).
+    pub fn new(fsname: impl Into<String>, fs: FsConfig) -> Self {
+        SessionOptions {
+            fsname: fsname.into(),
+            fs,
+            cache_bytes: 256 << 20,
+            allow_other: false,
+            kernel_readahead: 2 << 20,
+            fuse_threads: 4,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -414,7 +436,7 @@ impl Prepared {
             http,
         } = self;
         let abort = http.as_ref().map(|h| h.abort_handle());
-        let r = attach(cfg, mountpoint, store, started, status, http).await;
+        let r = attach(cfg.session, mountpoint, store, started, status, http).await;
         if r.is_err()
             && let Some(h) = abort
         {
@@ -424,10 +446,22 @@ impl Prepared {
     }
 }
 
-async fn attach(
-    cfg: MountConfig,
+/// Mounts `store` on `mountpoint` as it is: no credentials, no preflight LIST, no HTTP
+/// endpoints. The entry point for any store (the in-memory store in tests).
+pub async fn mount_store<S: ObjectStore>(
+    store: Arc<S>,
+    mountpoint: &Path,
+    opts: SessionOptions,
+) -> Result<Mounted, MountError> {
+    let mountpoint = check_mountpoint(mountpoint)?;
+    let status = Status::new(&mountpoint, Duration::ZERO);
+    attach(opts, mountpoint, store, Instant::now(), status, None).await
+}
+
+async fn attach<S: ObjectStore>(
+    cfg: SessionOptions,
     mountpoint: PathBuf,
-    store: Arc<S3Store>,
+    store: Arc<S>,
     started: Instant,
     status: Arc<Status>,
     http: Option<tokio::task::JoinHandle<()>>,
@@ -444,7 +478,7 @@ async fn attach(
     );
     let mut fcfg = fuser::Config::default();
     fcfg.mount_options = vec![
-        MountOption::FSName(cfg.source.to_string()),
+        MountOption::FSName(cfg.fsname.clone()),
         MountOption::Subtype("s3-oidc-mount".into()),
         MountOption::RO,
         MountOption::NoDev,
@@ -488,7 +522,7 @@ async fn attach(
         let _ = tokio::task::spawn_blocking(move || set_kernel_readahead(&mp, bytes)).await;
     }
     tracing::info!(
-        source = %cfg.source,
+        source = %cfg.fsname,
         mountpoint = %mountpoint.display(),
         ready_ms = started.elapsed().as_millis() as u64,
         cache_bytes = cfg.cache_bytes,

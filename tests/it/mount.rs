@@ -1,7 +1,5 @@
 //! A real FUSE mount of a real S3 server, checked through ordinary syscalls and tools.
 
-mod common;
-
 use std::collections::HashMap;
 use std::io::ErrorKind;
 use std::os::unix::fs::{FileExt, MetadataExt};
@@ -9,7 +7,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 const BIG_LEN: usize = (64 << 20) + 12_345;
 const MANY: usize = 2_600;
@@ -89,6 +87,7 @@ fn src() -> String {
 
 #[test]
 fn whole_files_have_exact_bytes() {
+    need_rgw!();
     let fx = fixture();
     let m = mount(&src(), &[]);
     for name in [
@@ -127,6 +126,7 @@ fn whole_files_have_exact_bytes() {
 
 #[test]
 fn random_preads_return_exact_bytes() {
+    need_rgw!();
     let fx = fixture();
     let data = &fx.objects["big.bin"];
     let m = mount(&src(), &[]);
@@ -163,6 +163,7 @@ fn random_preads_return_exact_bytes() {
 
 #[test]
 fn listings_stat_ls_and_find() {
+    need_rgw!();
     let fx = fixture();
     let m = mount(&src(), &[]);
     let mut top: Vec<String> = std::fs::read_dir(&m.path)
@@ -247,6 +248,7 @@ fn listings_stat_ls_and_find() {
 
 #[test]
 fn name_rules_hide_what_cannot_be_a_name() {
+    need_rgw!();
     let m = mount(&src(), &[]);
     // `dup` is a directory: the file `dup` is hidden behind it.
     assert!(std::fs::metadata(m.p("dup")).unwrap().is_dir());
@@ -266,6 +268,7 @@ fn name_rules_hide_what_cannot_be_a_name() {
 
 #[test]
 fn missing_paths_are_enoent_and_writes_are_erofs() {
+    need_rgw!();
     let m = mount(&src(), &[]);
     for p in ["nope", "a/nope", "a/b/c/deep.txt/x", "many/f99999"] {
         let e = std::fs::metadata(m.p(p)).unwrap_err();
@@ -301,6 +304,7 @@ fn missing_paths_are_enoent_and_writes_are_erofs() {
 
 #[test]
 fn eight_concurrent_readers_see_the_same_bytes() {
+    need_rgw!();
     let fx = fixture();
     let want = sha256(&fx.objects["big.bin"]);
     let m = mount(&src(), &["--cache-size", "128MiB"]);
@@ -334,6 +338,7 @@ fn eight_concurrent_readers_see_the_same_bytes() {
 
 #[test]
 fn prefix_mount_strips_the_prefix() {
+    need_rgw!();
     let fx = fixture();
     let m = mount(&format!("s3://{}/a/b", fx.bucket), &[]);
     let mut names: Vec<String> = std::fs::read_dir(&m.path)
@@ -348,6 +353,7 @@ fn prefix_mount_strips_the_prefix() {
 
 #[test]
 fn sigterm_unmounts_cleanly_even_when_busy() {
+    need_rgw!();
     let _ = fixture();
     // Idle mount.
     let mut m = mount(&src(), &[]);

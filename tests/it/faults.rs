@@ -3,15 +3,13 @@
 //! throttles, cuts, stretches, stalls or rewrites answers on a schedule. Every byte read
 //! through the mount is checked against the SHA-256 of the object it came from.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::os::unix::fs::FileExt;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use common::faultproxy::{Fault, FaultProxy, Rule};
-use common::*;
+use crate::common::faultproxy::{Fault, FaultProxy, Rule};
+use crate::common::*;
 
 /// Short timeouts so injected stalls and delays cost seconds, not minutes; attempts as
 /// the default.
@@ -90,6 +88,7 @@ fn gets_of(proxy: &FaultProxy, name: &str) -> usize {
 
 #[test]
 fn transient_faults_on_reads_are_retried_and_every_byte_is_right() {
+    need_rgw!();
     let fx = fixture();
     let proxy = FaultProxy::start();
     let m = mount_via(&proxy, &[]);
@@ -147,6 +146,7 @@ fn transient_faults_on_reads_are_retried_and_every_byte_is_right() {
 
 #[test]
 fn persistent_faults_fail_that_read_with_eio_and_the_mount_stays_healthy() {
+    need_rgw!();
     let fx = fixture();
     let proxy = FaultProxy::start();
     let m = mount_via(&proxy, &[]);
@@ -196,6 +196,7 @@ fn persistent_faults_fail_that_read_with_eio_and_the_mount_stays_healthy() {
 
 #[test]
 fn an_answer_for_another_version_is_never_served() {
+    need_rgw!();
     let fx = fixture();
     let proxy = FaultProxy::start();
     let m = mount_via(&proxy, &[]);
@@ -212,6 +213,7 @@ fn an_answer_for_another_version_is_never_served() {
 
 #[test]
 fn listing_and_lookup_faults_never_give_a_partial_listing() {
+    need_rgw!();
     let fx = fixture();
     let names = |m: &Mount, dir: &str| -> std::io::Result<BTreeSet<String>> {
         std::fs::read_dir(m.p(dir))?
@@ -280,6 +282,7 @@ fn listing_and_lookup_faults_never_give_a_partial_listing() {
 
 #[test]
 fn s3_lost_for_a_while_gives_eio_then_everything_recovers() {
+    need_rgw!();
     let fx = fixture();
     let proxy = FaultProxy::start();
     let m = mount_via(&proxy, &[]);
@@ -317,6 +320,7 @@ fn s3_lost_for_a_while_gives_eio_then_everything_recovers() {
 
 #[test]
 fn corrupted_payload_bytes_are_caught_by_the_checksums_of_these_tests() {
+    need_rgw!();
     // A control for the tests above: payload bytes flipped in transit with the framing and
     // headers intact cannot be detected by an S3 client over plain HTTP (S3 sends no
     // checksum for a range; TLS is what protects real endpoints). This shows the SHA-256
@@ -417,6 +421,7 @@ fn poll_until(path: &std::path::Path, old: &[u8], new: Option<&[u8]>, want: Outc
 
 #[test]
 fn an_object_overwritten_while_open_is_read_whole_or_not_at_all() {
+    need_rgw!();
     let fx = fixture();
     let v1 = random_bytes((8 << 20) + 5, 501);
     let v2 = random_bytes((6 << 20) + 7, 502);
@@ -440,6 +445,7 @@ fn an_object_overwritten_while_open_is_read_whole_or_not_at_all() {
 
 #[test]
 fn an_object_deleted_while_open_is_read_whole_or_not_at_all() {
+    need_rgw!();
     let fx = fixture();
     // Far more than a first read fetches ahead, so some of it is never cached.
     let v1 = random_bytes((32 << 20) + 3, 601);
@@ -475,6 +481,7 @@ fn an_object_deleted_while_open_is_read_whole_or_not_at_all() {
 
 #[test]
 fn a_killed_daemon_leaves_enotconn_and_the_next_mount_clears_it() {
+    need_rgw!();
     let fx = fixture();
     let src = format!("s3://{}", fx.bucket);
     let mut dead = mount(&src, &[]);

@@ -22,6 +22,30 @@ use sha2::{Digest, Sha256};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_s3-oidc-mount");
 
+/// Whether the test S3 server (Ceph RGW, started by scripts/test.sh) is there. When it is
+/// not, says on the terminal which test was skipped and why (libtest would hide a print).
+pub fn rgw_available() -> bool {
+    if std::env::var_os("S3_ENDPOINT").is_some() {
+        return true;
+    }
+    use std::io::Write;
+    let name = std::thread::current().name().unwrap_or("?").to_string();
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED {name}: needs Ceph RGW (S3_ENDPOINT is unset; scripts/test.sh starts it)"
+    );
+    false
+}
+
+/// Returns from the test, saying so, when the test S3 server is not there.
+macro_rules! need_rgw {
+    () => {
+        if !$crate::common::rgw_available() {
+            return;
+        }
+    };
+}
+
 pub fn endpoint() -> String {
     std::env::var("S3_ENDPOINT").unwrap_or_else(|_| {
         panic!("S3_ENDPOINT is not set: run the integration tests through scripts/test.sh, which starts a local S3 server")

@@ -4,15 +4,13 @@
 //! a read may fail only with EIO; the daemon's peak RSS must stay under its cache budget
 //! plus the documented fixed overhead. Prints requests, faults, retries, errors and RSS.
 
-mod common;
-
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::faultproxy::{Fault, FaultProxy, Rule};
-use common::*;
+use crate::common::faultproxy::{Fault, FaultProxy, Rule};
+use crate::common::*;
 
 const MIB: u64 = 1 << 20;
 /// The daemon's fixed overhead over its cache budget (docs/semantics.md).
@@ -37,6 +35,7 @@ struct Counts {
 
 #[test]
 fn many_readers_under_faults_read_right_bytes_in_bounded_memory() {
+    need_rgw!();
     let bucket = unique_bucket("soak");
     create_bucket(&bucket);
     // Files larger than the cache together (so blocks are evicted and fetched again).

@@ -1,10 +1,8 @@
 //! Bad input and unusable setups: a clear one-line error, a non-zero exit, nothing mounted.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 fn mount_args<'a>(source: &'a str, mp: &'a str, extra: &[&'a str]) -> Vec<String> {
     let mut v = vec!["mount".to_string(), source.to_string(), mp.to_string()];
@@ -34,6 +32,7 @@ fn assert_one_line_error(err: &str, needle: &str) {
 /// message names the problem; nothing is mounted.
 #[test]
 fn every_flag_refuses_bad_values() {
+    need_rgw!();
     let dir = tempfile::tempdir().unwrap();
     let mp = dir.path().to_str().unwrap();
     let token_file = ["--credentials", "token-file", "--role-arn"];
@@ -215,6 +214,7 @@ fn every_flag_refuses_bad_values() {
 
 #[test]
 fn bad_sources_and_mountpoints_fail_before_mounting() {
+    need_rgw!();
     let dir = tempfile::tempdir().unwrap();
     let mp = dir.path().join("mp");
     std::fs::create_dir(&mp).unwrap();
@@ -264,6 +264,7 @@ fn bad_sources_and_mountpoints_fail_before_mounting() {
 
 #[test]
 fn a_mountpoint_in_use_is_refused() {
+    need_rgw!();
     let bucket = unique_bucket("busy");
     create_bucket(&bucket);
     put(&bucket, "x", "x");
@@ -281,6 +282,7 @@ fn a_mountpoint_in_use_is_refused() {
 
 #[test]
 fn unknown_bucket_unreachable_endpoint_and_wrong_keys() {
+    need_rgw!();
     let dir = tempfile::tempdir().unwrap();
     let mps = dir.path().to_str().unwrap();
     let (code, err) = run(&mount_args("s3://no-such-bucket-here", mps, &[]));

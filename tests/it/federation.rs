@@ -9,19 +9,17 @@
 //! S3_ENDPOINT, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (the RGW admin, used only by the
 //! test to set up buckets and roles) and AWS_EC2_METADATA_DISABLED=true exported.
 
-mod common;
-
 use std::io::{ErrorKind, Read};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use common::fed::{AUD, World, assert_no_secret, keyless, refs, secrets, strings};
-use common::iam;
-use common::idp::{self, IdentityMode, Idp};
-use common::stsproxy::{self, StsProxy};
-use common::*;
+use crate::common::fed::{AUD, World, assert_no_secret, keyless, refs, secrets, strings};
+use crate::common::iam;
+use crate::common::idp::{self, IdentityMode, Idp};
+use crate::common::stsproxy::{self, StsProxy};
+use crate::common::*;
 
 const OBTAINED: &str = "AWS credentials obtained";
 const STILL_SERVING: &str = "credential renewal failed; still serving with the current credentials";
@@ -361,6 +359,7 @@ fn the_error_line(case: &str, stderr: &str) -> String {
 
 #[test]
 fn keyless_gcp_mount_reads_correct_bytes_and_leaks_no_secret() {
+    need_rgw!();
     let w = World::new(
         "fed-gcp",
         vec![
@@ -508,6 +507,7 @@ fn keyless_gcp_mount_reads_correct_bytes_and_leaks_no_secret() {
 
 #[test]
 fn renews_while_reading_and_rides_out_an_identity_provider_outage() {
+    need_rgw!();
     let w = World::new(
         "fed-renew",
         vec![
@@ -646,6 +646,7 @@ fn renews_while_reading_and_rides_out_an_identity_provider_outage() {
 
 #[test]
 fn expired_credentials_fail_reads_with_eacces_until_sts_answers_again() {
+    need_rgw!();
     let w = World::new("fed-exp", vec![("f.txt", b"expiring\n".to_vec())]);
     let want = w.file("f.txt").to_vec();
     // The daemon is told its credentials expire in 25 s (RGW honours them for an hour).
@@ -789,6 +790,7 @@ fn expired_credentials_fail_reads_with_eacces_until_sts_answers_again() {
 
 #[test]
 fn refused_at_mount_with_one_clear_error_and_nothing_mounted() {
+    need_rgw!();
     const WRONG_AUD: &str = "https://not-registered.test/aud";
     const OTHER_SUB: &str = "999000111222333444555";
     std::thread::scope(|s| {
@@ -930,6 +932,7 @@ fn refused_at_mount_with_one_clear_error_and_nothing_mounted() {
 
 #[test]
 fn token_file_is_read_again_for_each_renewal() {
+    need_rgw!();
     let w = World::new(
         "fed-tf",
         vec![
@@ -1043,6 +1046,7 @@ fn token_file_is_read_again_for_each_renewal() {
 
 #[test]
 fn auto_mode_picks_the_token_file_from_the_environment() {
+    need_rgw!();
     let w = World::new(
         "fed-auto",
         vec![("x/y.txt", b"auto picked the token file\n".to_vec())],

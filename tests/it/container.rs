@@ -7,13 +7,11 @@
 //! These tests need images: `scripts/test.sh` builds them and runs
 //! `S3OM_TEST_IMAGE=... S3OM_TEST_APP_IMAGE=... cargo test --test container -- --ignored`.
 
-mod common;
-
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use common::fed::{AUD, World};
-use common::*;
+use crate::common::fed::{AUD, World};
+use crate::common::*;
 
 const DOCKER: &str = "/usr/bin/docker";
 
@@ -134,6 +132,7 @@ fn epoch_secs() -> f64 {
 #[test]
 #[ignore = "needs the images: scripts/test.sh builds them"]
 fn app_image_reads_keyless_as_app_user_and_stops_cleanly() {
+    need_rgw!();
     let app_image = image("S3OM_TEST_APP_IMAGE");
     let w = World::new("ctr", files());
     let c = Container::new("app");
@@ -228,6 +227,7 @@ fn app_image_reads_keyless_as_app_user_and_stops_cleanly() {
 #[test]
 #[ignore = "needs the images: scripts/test.sh builds them"]
 fn without_fuse_device_or_capability_the_container_exits_with_a_message() {
+    need_rgw!();
     let base = image("S3OM_TEST_IMAGE");
     let w = World::new("ctrfail", files());
     // The app would announce itself; it must never start.

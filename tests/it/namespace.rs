@@ -6,13 +6,11 @@
 //! `NAMESPACE_OBJECTS` sets the size of both the flat directory and the tree (default
 //! 10,000 each, to keep CI short; the figure is 100,000: README gives the timings).
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 fn objects() -> usize {
     std::env::var("NAMESPACE_OBJECTS")
@@ -44,6 +42,7 @@ const PER_ENTRY: u64 = 1024;
 
 #[test]
 fn a_huge_directory_and_a_deep_tree_list_whole_in_bounded_memory() {
+    need_rgw!();
     let n = objects();
     let bucket = unique_bucket("ns");
     create_bucket(&bucket);
@@ -139,6 +138,7 @@ fn a_huge_directory_and_a_deep_tree_list_whole_in_bounded_memory() {
 
 #[test]
 fn odd_keys_are_served_exactly_or_hidden_with_a_warning() {
+    need_rgw!();
     let bucket = unique_bucket("odd");
     create_bucket(&bucket);
     let long_ok = format!(

@@ -1,13 +1,11 @@
 //! `run`: the entrypoint wrapper, without Docker: the app sees the files, signals reach it,
 //! its exit status comes back, a failed mount never starts it.
 
-mod common;
-
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 fn bucket() -> &'static String {
     static B: OnceLock<String> = OnceLock::new();
@@ -89,6 +87,7 @@ impl Wrapped {
 
 #[test]
 fn the_app_reads_the_mount_and_its_exit_status_comes_back() {
+    need_rgw!();
     let want = sha256(&random_bytes(3 << 20, 9));
     let w = start(
         &[],
@@ -106,6 +105,7 @@ fn the_app_reads_the_mount_and_its_exit_status_comes_back() {
 
 #[test]
 fn the_app_runs_as_the_app_user_and_reads_the_mount() {
+    need_rgw!();
     // SAFETY: geteuid cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         panic!("this test switches users: run the tests as root (scripts/test.sh does)");
@@ -145,6 +145,7 @@ fn the_app_runs_as_the_app_user_and_reads_the_mount() {
 
 #[test]
 fn a_killed_app_gives_128_plus_the_signal() {
+    need_rgw!();
     let w = start(&[], &["sh", "-c", "kill -KILL $$"]);
     let (code, _, err, _d) = w.finish(Duration::from_secs(60));
     assert_eq!(code, Some(137), "stderr:\n{err}");
@@ -152,6 +153,7 @@ fn a_killed_app_gives_128_plus_the_signal() {
 
 #[test]
 fn sigterm_is_forwarded_and_the_ready_file_comes_and_goes() {
+    need_rgw!();
     // The app reports the ready file, then waits for SIGTERM and exits 7 on it.
     let w = start(
         &["--ready-file", "READY"],
@@ -187,6 +189,7 @@ fn sigterm_is_forwarded_and_the_ready_file_comes_and_goes() {
 
 #[test]
 fn an_app_ignoring_sigterm_is_killed_after_the_grace_period() {
+    need_rgw!();
     let w = start(
         &["--grace-period", "1s"],
         &[
@@ -209,6 +212,7 @@ fn an_app_ignoring_sigterm_is_killed_after_the_grace_period() {
 
 #[test]
 fn a_failed_mount_never_starts_the_app() {
+    need_rgw!();
     let dir = tempfile::tempdir().unwrap();
     let mnt = dir.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
@@ -258,6 +262,7 @@ fn zombies_of(pid: u32) -> Vec<String> {
 
 #[test]
 fn orphans_of_the_app_are_reaped() {
+    need_rgw!();
     // The app leaves a short-lived orphan behind and keeps running for a while.
     let w = start(&[], &["sh", "-c", "(sleep 0.2 &) ; sleep 2; exit 0"]);
     let pid = w.child.id();

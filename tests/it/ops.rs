@@ -2,16 +2,14 @@
 //! scraped over real TCP while files are read, its JSON log parsed line by line, its summary
 //! at unmount, and /readyz following the credentials' validity (keyless, through RGW's STS).
 
-mod common;
-
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
-use common::fed::{World, assert_no_secret, keyless, refs, secrets, strings};
-use common::*;
+use crate::common::fed::{World, assert_no_secret, keyless, refs, secrets, strings};
+use crate::common::*;
 use serde_json::Value;
 
 // ---- HTTP and the exposition format ----
@@ -262,6 +260,7 @@ fn json_log(m: &Mount) -> Vec<Value> {
 
 #[test]
 fn metrics_health_json_log_and_summary_follow_real_reads() {
+    need_rgw!();
     let bucket = unique_bucket("ops-metrics");
     create_bucket(&bucket);
     let small = random_bytes(1000, 1);
@@ -423,6 +422,7 @@ fn metrics_health_json_log_and_summary_follow_real_reads() {
 
 #[test]
 fn http_port_in_use_fails_before_mounting() {
+    need_rgw!();
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = taken.local_addr().unwrap().to_string();
     let dir = tempfile::tempdir().unwrap();
@@ -450,6 +450,7 @@ fn http_port_in_use_fails_before_mounting() {
 
 #[test]
 fn readyz_follows_the_credentials_validity() {
+    need_rgw!();
     let w = World::new("ops-ready", vec![("f.txt", b"ready?\n".to_vec())]);
     // The daemon is told its credentials last 30 s; it renews them 20 s before expiry (the
     // least margin), so while STS answers they stay valid for more than 15 s.
@@ -542,6 +543,7 @@ fn readyz_follows_the_credentials_validity() {
 
 #[test]
 fn run_serves_the_endpoints_while_the_app_runs() {
+    need_rgw!();
     let bucket = unique_bucket("ops-run");
     create_bucket(&bucket);
     put(&bucket, "x.txt", b"for the app\n".to_vec());
