@@ -15,6 +15,7 @@ mod errors;
 mod faults;
 mod federation;
 mod federation_setup;
+mod fuse_suite;
 mod mount;
 mod namespace;
 mod ops;

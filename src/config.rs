@@ -1,0 +1,146 @@
+//! Configuration: the parsed command line (`cli`) with its environment fallbacks and
+//! cross-field rules, turned into the validated configuration of each part. `main.rs` only
+//! dispatches; tests build mounts from the same flags.
+
+use std::time::Duration;
+
+use crate::auth::AuthConfig;
+use crate::cli::{AuthArgs, MountArgs, S3Args, Source, parse_source};
+use crate::fs::FsConfig;
+use crate::mount::{MountConfig, SessionOptions};
+use crate::store::s3::S3Options;
+use crate::user::AppUser;
+use crate::util::env_nonempty;
+
+/// A configuration the flags cannot make: the message says which flags and why.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+pub fn auth_config(
+    a: &AuthArgs,
+    source: &Source,
+    s3_region: &str,
+) -> Result<AuthConfig, ConfigError> {
+    if a.refresh_margin >= a.session_duration {
+        return Err(ConfigError(format!(
+            "--refresh-margin ({:?}) must be shorter than --session-duration ({:?})",
+            a.refresh_margin, a.session_duration
+        )));
+    }
+    Ok(AuthConfig {
+        mode: a.credentials,
+        role_arn: a.role_arn.clone(),
+        audience: a.audience.clone(),
+        token_file: a.token_file.clone(),
+        metadata_host: None,
+        sts_region: a
+            .sts_region
+            .clone()
+            .unwrap_or_else(|| s3_region.to_string()),
+        sts_endpoint_url: a.sts_endpoint_url.clone(),
+        session_duration: a.session_duration,
+        session_name: a.session_name.clone(),
+        session_policy: a.session_policy.clone(),
+        refresh_margin: a.refresh_margin,
+        bucket: source.bucket.clone(),
+        prefix: source.prefix.clone(),
+    })
+}
+
+/// The S3 options with their environment defaults.
+pub fn s3_options(a: &S3Args, source: &Source) -> Result<S3Options, ConfigError> {
+    let region = a
+        .region
+        .clone()
+        .or_else(|| env_nonempty("AWS_REGION"))
+        .or_else(|| env_nonempty("AWS_DEFAULT_REGION"))
+        .unwrap_or_else(|| "us-east-1".to_string());
+    // Also when it came from AWS_REGION or AWS_DEFAULT_REGION.
+    crate::cli::parse_region(&region).map_err(|e| {
+        ConfigError(format!(
+            "region: {e} (from --region, AWS_REGION or AWS_DEFAULT_REGION)"
+        ))
+    })?;
+    let endpoint_url = a
+        .endpoint_url
+        .clone()
+        .or_else(|| env_nonempty("AWS_ENDPOINT_URL_S3"))
+        .or_else(|| env_nonempty("AWS_ENDPOINT_URL"));
+    Ok(S3Options {
+        bucket: source.bucket.clone(),
+        region,
+        endpoint_url,
+        force_path_style: a.force_path_style,
+        max_attempts: a.max_attempts,
+        request_timeout: a.request_timeout,
+    })
+}
+
+pub fn mount_config(a: &MountArgs) -> Result<MountConfig, ConfigError> {
+    let source = parse_source(&a.source).map_err(ConfigError)?;
+    let s3 = s3_options(&a.s3, &source)?;
+    // SAFETY: geteuid/getegid cannot fail.
+    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    let fs = FsConfig {
+        prefix: source.prefix.clone(),
+        uid: a.uid.unwrap_or(uid),
+        gid: a.gid.unwrap_or(gid),
+        file_mode: a.file_mode,
+        dir_mode: a.dir_mode,
+        metadata_ttl: a.metadata_ttl,
+        negative_ttl: a.negative_ttl,
+        prefetch_listings: a.prefetch_listings,
+        part_size: a.part_size.max(a.block_size),
+        block_size: a.block_size,
+        read_attempts: a.s3.max_attempts,
+        request_timeout: a.s3.request_timeout,
+        ..FsConfig::default()
+    };
+    let auth = auth_config(&a.auth, &source, &s3.region)?;
+    let fsname = source.to_string();
+    Ok(MountConfig {
+        auth,
+        s3,
+        source,
+        mountpoint: a.mountpoint.clone(),
+        session: SessionOptions {
+            fsname,
+            fs,
+            cache_bytes: a
+                .cache_size
+                .unwrap_or_else(crate::mount::default_cache_bytes),
+            allow_other: a.allow_other,
+            kernel_readahead: a.kernel_readahead,
+            fuse_threads: usize::from(a.fuse_threads),
+        },
+        http_addr: a.http_addr,
+        ready_min_validity: ready_min_validity(a),
+    })
+}
+
+/// /readyz wants credentials valid for at least this long; it must stay below the point
+/// where renewal starts (the margin, at least 20 s, less up to a fifth of jitter), or the
+/// mount would report unready before every renewal while all is well.
+fn ready_min_validity(a: &MountArgs) -> Duration {
+    let renewal = a.auth.refresh_margin.max(Duration::from_secs(20)) * 4 / 5;
+    if a.ready_min_validity < renewal {
+        return a.ready_min_validity;
+    }
+    let lowered = renewal / 2;
+    tracing::warn!(
+        ready_min_validity_s = a.ready_min_validity.as_secs_f64(),
+        refresh_margin_s = a.auth.refresh_margin.as_secs_f64(),
+        lowered_to_s = lowered.as_secs_f64(),
+        "--ready-min-validity is not below the renewal point of --refresh-margin; lowered so /readyz does not fail before every renewal"
+    );
+    lowered
+}
+
+/// Under `run --app-user`: the app must be able to reach the mount (allow_other) and own
+/// what it reads (files owned by the app user unless --uid/--gid say otherwise).
+pub fn for_app_user(cfg: &mut MountConfig, a: &MountArgs, user: &AppUser) {
+    cfg.session.allow_other = true;
+    cfg.session.fs.uid = a.uid.unwrap_or(user.uid);
+    cfg.session.fs.gid = a.gid.unwrap_or(user.gid);
+}
