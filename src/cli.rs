@@ -230,13 +230,29 @@ pub struct MountArgs {
     #[arg(long, env = "S3_OIDC_MOUNT_GID")]
     pub gid: Option<u32>,
 
-    /// Permission bits of files (octal).
-    #[arg(long, env = "S3_OIDC_MOUNT_FILE_MODE", default_value = "0444", value_parser = parse_mode)]
-    pub file_mode: u16,
+    /// Permission bits of files (octal); default 0444, or 0644 with --allow-write.
+    #[arg(long, env = "S3_OIDC_MOUNT_FILE_MODE", value_parser = parse_mode)]
+    pub file_mode: Option<u16>,
 
-    /// Permission bits of directories (octal).
-    #[arg(long, env = "S3_OIDC_MOUNT_DIR_MODE", default_value = "0555", value_parser = parse_mode)]
-    pub dir_mode: u16,
+    /// Permission bits of directories (octal); default 0555, or 0755 with --allow-write.
+    #[arg(long, env = "S3_OIDC_MOUNT_DIR_MODE", value_parser = parse_mode)]
+    pub dir_mode: Option<u16>,
+
+    /// Let apps create new files and directories: a file is uploaded when it is closed (or
+    /// at fsync), and only if its name is still free. Without it the mount is read-only.
+    #[arg(long, env = "S3_OIDC_MOUNT_ALLOW_WRITE")]
+    pub allow_write: bool,
+
+    /// Where files written out of order (databases, random-access writers) are kept until
+    /// they are uploaded: an in-memory volume or a local disk. Default: in memory, within
+    /// the --cache-size budget.
+    #[arg(long, env = "S3_OIDC_MOUNT_STAGING_DIR", value_name = "DIR")]
+    pub staging_dir: Option<PathBuf>,
+
+    /// Size of each part of the multipart upload of a large file (binary units,
+    /// 5MiB..5GiB); a file may have 10,000 parts.
+    #[arg(long, env = "S3_OIDC_MOUNT_WRITE_PART_SIZE", default_value = "8MiB", value_parser = parse_write_part_size)]
+    pub write_part_size: u64,
 
     /// Let users other than the daemon's access the mount (FUSE allow_other).
     #[arg(long, env = "S3_OIDC_MOUNT_ALLOW_OTHER")]
@@ -389,6 +405,17 @@ fn parse_part_size(s: &str) -> Result<u64, String> {
         Ok(n)
     } else {
         Err(format!("part size {s:?} must be between 1MiB and 64MiB"))
+    }
+}
+
+fn parse_write_part_size(s: &str) -> Result<u64, String> {
+    let n = parse_size(s)?;
+    if (5 << 20..=5 << 30).contains(&n) {
+        Ok(n)
+    } else {
+        Err(format!(
+            "write part size {s:?} must be between 5MiB and 5GiB (S3's part limits)"
+        ))
     }
 }
 

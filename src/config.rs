@@ -7,6 +7,7 @@ use std::time::Duration;
 use crate::auth::AuthConfig;
 use crate::cli::{AuthArgs, MountArgs, S3Args, Source, parse_source};
 use crate::fs::FsConfig;
+use crate::fs::write::WriteConfig;
 use crate::mount::{MountConfig, SessionOptions};
 use crate::store::s3::S3Options;
 use crate::user::AppUser;
@@ -86,8 +87,17 @@ pub fn mount_config(a: &MountArgs) -> Result<MountConfig, ConfigError> {
         prefix: source.prefix.clone(),
         uid: a.uid.unwrap_or(uid),
         gid: a.gid.unwrap_or(gid),
-        file_mode: a.file_mode,
-        dir_mode: a.dir_mode,
+        file_mode: a
+            .file_mode
+            .unwrap_or(if a.allow_write { 0o644 } else { 0o444 }),
+        dir_mode: a
+            .dir_mode
+            .unwrap_or(if a.allow_write { 0o755 } else { 0o555 }),
+        allow_write: a.allow_write,
+        write: WriteConfig {
+            part_size: a.write_part_size,
+            staging_dir: staging_dir(a)?,
+        },
         metadata_ttl: a.metadata_ttl,
         negative_ttl: a.negative_ttl,
         prefetch_listings: a.prefetch_listings,
@@ -135,6 +145,33 @@ fn ready_min_validity(a: &MountArgs) -> Duration {
         "--ready-min-validity is not below the renewal point of --refresh-margin; lowered so /readyz does not fail before every renewal"
     );
     lowered
+}
+
+/// `--staging-dir`: a directory where this process can create unnamed files (O_TMPFILE),
+/// checked now rather than at the first file written out of order.
+fn staging_dir(a: &MountArgs) -> Result<Option<std::path::PathBuf>, ConfigError> {
+    let Some(dir) = &a.staging_dir else {
+        return Ok(None);
+    };
+    if !a.allow_write {
+        return Err(ConfigError(
+            "--staging-dir is only used with --allow-write".into(),
+        ));
+    }
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_TMPFILE)
+        .open(dir)
+        .map_err(|e| {
+            ConfigError(format!(
+                "--staging-dir {}: cannot create files there ({e}); give an existing, writable \
+                 directory on a local or in-memory filesystem",
+                dir.display()
+            ))
+        })?;
+    Ok(Some(dir.clone()))
 }
 
 /// Under `run --app-user`: the app must be able to reach the mount (allow_other) and own

@@ -903,6 +903,45 @@ mod tests {
         ) -> Result<ByteStream, StoreError> {
             self.inner.get_range(key, range, etag, size).await
         }
+
+        async fn put_object(
+            &self,
+            key: &str,
+            body: bytes::Bytes,
+            cond: &crate::store::Precondition,
+        ) -> Result<crate::store::Written, StoreError> {
+            self.inner.put_object(key, body, cond).await
+        }
+
+        async fn create_upload(&self, key: &str) -> Result<String, StoreError> {
+            self.inner.create_upload(key).await
+        }
+
+        async fn upload_part(
+            &self,
+            key: &str,
+            upload_id: &str,
+            number: u32,
+            body: bytes::Bytes,
+        ) -> Result<String, StoreError> {
+            self.inner.upload_part(key, upload_id, number, body).await
+        }
+
+        async fn complete_upload(
+            &self,
+            key: &str,
+            upload_id: &str,
+            parts: &[crate::store::Part],
+            cond: &crate::store::Precondition,
+        ) -> Result<crate::store::Written, StoreError> {
+            self.inner
+                .complete_upload(key, upload_id, parts, cond)
+                .await
+        }
+
+        async fn abort_upload(&self, key: &str, upload_id: &str) -> Result<(), StoreError> {
+            self.inner.abort_upload(key, upload_id).await
+        }
     }
 
     struct FakeEnv {

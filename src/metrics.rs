@@ -122,10 +122,14 @@ pub enum FuseOp {
     Statfs,
     Xattr,
     Write,
+    Create,
+    Mkdir,
+    Fsync,
+    Setattr,
 }
 
 impl FuseOp {
-    pub const ALL: [FuseOp; 13] = [
+    pub const ALL: [FuseOp; N_FUSE_OPS] = [
         FuseOp::Lookup,
         FuseOp::Getattr,
         FuseOp::Open,
@@ -139,6 +143,10 @@ impl FuseOp {
         FuseOp::Statfs,
         FuseOp::Xattr,
         FuseOp::Write,
+        FuseOp::Create,
+        FuseOp::Mkdir,
+        FuseOp::Fsync,
+        FuseOp::Setattr,
     ];
 
     pub fn label(self) -> &'static str {
@@ -156,12 +164,18 @@ impl FuseOp {
             FuseOp::Statfs => "statfs",
             FuseOp::Xattr => "xattr",
             FuseOp::Write => "write",
+            FuseOp::Create => "create",
+            FuseOp::Mkdir => "mkdir",
+            FuseOp::Fsync => "fsync",
+            FuseOp::Setattr => "setattr",
         }
     }
 }
 
+const N_FUSE_OPS: usize = 17;
+
 /// The errno values a FUSE reply is counted under; anything else is `other`.
-const ERRNOS: [(i32, &str); 9] = [
+const ERRNOS: [(i32, &str); N_ERRNOS] = [
     (libc::ENOENT, "ENOENT"),
     (libc::ENOTDIR, "ENOTDIR"),
     (libc::EISDIR, "EISDIR"),
@@ -170,11 +184,19 @@ const ERRNOS: [(i32, &str); 9] = [
     (libc::EACCES, "EACCES"),
     (libc::EIO, "EIO"),
     (libc::EBADF, "EBADF"),
+    (libc::EEXIST, "EEXIST"),
+    (libc::EPERM, "EPERM"),
+    (libc::ENOSPC, "ENOSPC"),
+    (libc::EFBIG, "EFBIG"),
     (0, "other"),
 ];
+const N_ERRNOS: usize = 13;
 /// Errnos that are ordinary answers (a missing name, a refused write), not failures.
-const EXPECTED_ERRNOS: [i32; 6] = [
+const EXPECTED_ERRNOS: [i32; 8] = [
     libc::ENOENT,
+    // A name that exists, a change the flags do not allow (the log says which flag).
+    libc::EEXIST,
+    libc::EPERM,
     libc::ENOTDIR,
     libc::EISDIR,
     libc::EROFS,
@@ -196,8 +218,8 @@ pub fn is_failure(errno: i32) -> bool {
 }
 
 pub struct FuseMetrics {
-    latency: [Histogram; 13],
-    errors: [[Counter; 9]; 13],
+    latency: [Histogram; N_FUSE_OPS],
+    errors: [[Counter; N_ERRNOS]; N_FUSE_OPS],
     /// Bytes returned by successful reads.
     pub bytes_served: Counter,
 }
@@ -205,8 +227,8 @@ pub struct FuseMetrics {
 impl FuseMetrics {
     const fn new() -> Self {
         FuseMetrics {
-            latency: [const { Histogram::new() }; 13],
-            errors: [const { [const { Counter::new() }; 9] }; 13],
+            latency: [const { Histogram::new() }; N_FUSE_OPS],
+            errors: [const { [const { Counter::new() }; N_ERRNOS] }; N_FUSE_OPS],
             bytes_served: Counter::new(),
         }
     }
@@ -244,7 +266,18 @@ impl FuseMetrics {
 }
 
 /// S3 operations, as the SDK names them.
-const S3_OPS: [&str; 4] = ["ListObjectsV2", "HeadObject", "GetObject", "other"];
+const S3_OPS: [&str; N_OPS] = [
+    "ListObjectsV2",
+    "HeadObject",
+    "GetObject",
+    "PutObject",
+    "CreateMultipartUpload",
+    "UploadPart",
+    "CompleteMultipartUpload",
+    "AbortMultipartUpload",
+    "other",
+];
+const N_OPS: usize = 9;
 /// HTTP statuses an S3 request is counted under; `other` for the rest, `none` when no
 /// response came (connection failure, timeout, no credentials).
 const S3_STATUSES: [u16; 15] = [
@@ -254,10 +287,10 @@ const S3_STATUS_OTHER: usize = S3_STATUSES.len();
 const S3_STATUS_NONE: usize = S3_STATUSES.len() + 1;
 
 pub struct S3Metrics {
-    requests: [[Counter; 17]; 4],
-    latency: [Histogram; 4],
+    requests: [[Counter; 17]; N_OPS],
+    latency: [Histogram; N_OPS],
     /// Attempts beyond the first of one SDK operation (the SDK's own retries).
-    pub retries: [Counter; 4],
+    pub retries: [Counter; N_OPS],
     /// Response body bytes received.
     pub bytes_read: Counter,
 }
@@ -265,9 +298,9 @@ pub struct S3Metrics {
 impl S3Metrics {
     const fn new() -> Self {
         S3Metrics {
-            requests: [const { [const { Counter::new() }; 17] }; 4],
-            latency: [const { Histogram::new() }; 4],
-            retries: [const { Counter::new() }; 4],
+            requests: [const { [const { Counter::new() }; 17] }; N_OPS],
+            latency: [const { Histogram::new() }; N_OPS],
+            retries: [const { Counter::new() }; N_OPS],
             bytes_read: Counter::new(),
         }
     }
@@ -311,6 +344,24 @@ pub struct ReadMetrics {
     /// complete block), on top of the SDK's attempts.
     pub ranged_get_retries: Counter,
 }
+
+/// The write path's counters.
+pub struct WriteMetrics {
+    /// Uploads begun (one PutObject, or one multipart upload).
+    pub started: Counter,
+    pub completed: Counter,
+    /// Uploads that failed or were aborted: nothing appeared under the name.
+    pub failed: Counter,
+    /// Bytes sent in puts and parts that S3 accepted.
+    pub bytes: Counter,
+}
+
+pub static WRITES: WriteMetrics = WriteMetrics {
+    started: Counter::new(),
+    completed: Counter::new(),
+    failed: Counter::new(),
+    bytes: Counter::new(),
+};
 
 pub static FUSE: FuseMetrics = FuseMetrics::new();
 pub static S3: S3Metrics = S3Metrics::new();
@@ -472,6 +523,26 @@ pub fn render(src: &Sources) -> String {
         "Bytes fetched ahead of sequential readers.",
     );
     let _ = writeln!(o, "s3om_prefetch_bytes_total {}", READ.prefetch_bytes.get());
+    header(
+        o,
+        "s3om_uploads_total",
+        "counter",
+        "Uploads of files written through the mount, by outcome (started, completed, failed).",
+    );
+    for (outcome, c) in [
+        ("started", &WRITES.started),
+        ("completed", &WRITES.completed),
+        ("failed", &WRITES.failed),
+    ] {
+        let _ = writeln!(o, "s3om_uploads_total{{outcome=\"{outcome}\"}} {}", c.get());
+    }
+    header(
+        o,
+        "s3om_upload_bytes_total",
+        "counter",
+        "Bytes of files written through the mount that S3 accepted.",
+    );
+    let _ = writeln!(o, "s3om_upload_bytes_total {}", WRITES.bytes.get());
 
     if let Some(c) = src.cache {
         let s = &c.stats;
@@ -508,6 +579,13 @@ pub fn render(src: &Sources) -> String {
             "Bytes held by cached blocks.",
         );
         let _ = writeln!(o, "s3om_cache_bytes {}", c.bytes());
+        header(
+            o,
+            "s3om_write_buffer_bytes",
+            "gauge",
+            "Bytes of the budget held by files being written (streamed parts, staged files).",
+        );
+        let _ = writeln!(o, "s3om_write_buffer_bytes {}", c.held());
         header(
             o,
             "s3om_cache_capacity_bytes",

@@ -351,12 +351,21 @@ impl Signals {
     }
 }
 
+/// Before unmounting: lets uploads of closed files finish, abandons files still open for
+/// writing; gives their names.
+type Drain = Box<
+    dyn FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<String>> + Send>> + Send,
+>;
+
 /// A live mount, served by fuser's threads until `unmount`.
 pub struct Mounted {
     session: Option<fuser::BackgroundSession>,
     pub mountpoint: PathBuf,
     status: Arc<Status>,
     http: Option<tokio::task::JoinHandle<()>>,
+    drain: Option<Drain>,
+    /// Files still open for writing at unmount, abandoned.
+    abandoned: usize,
 }
 
 /// Checks everything, then mounts (`prepare`, then `attach`).
@@ -468,6 +477,10 @@ async fn attach<S: ObjectStore>(
 ) -> Result<Mounted, MountError> {
     let cache = BlockCache::new(cfg.cache_bytes as usize);
     let fs = Fs::new(store, cfg.fs.clone(), cache.clone());
+    let drain: Drain = {
+        let fs = fs.clone();
+        Box::new(move || Box::pin(async move { fs.shutdown().await }))
+    };
     let reply_fd = crate::fuse::ReplyFd::default();
     let notify = crate::fuse::Notify::default();
     let adapter = FuseAdapter::new(
@@ -480,7 +493,11 @@ async fn attach<S: ObjectStore>(
     fcfg.mount_options = vec![
         MountOption::FSName(cfg.fsname.clone()),
         MountOption::Subtype("s3-oidc-mount".into()),
-        MountOption::RO,
+        if cfg.fs.allow_write {
+            MountOption::RW
+        } else {
+            MountOption::RO
+        },
         MountOption::NoDev,
         MountOption::NoSuid,
         MountOption::NoAtime,
@@ -534,6 +551,8 @@ async fn attach<S: ObjectStore>(
         mountpoint,
         status,
         http,
+        drain: Some(drain),
+        abandoned: 0,
     })
 }
 
@@ -643,6 +662,13 @@ impl Mounted {
         let Some(session) = self.session.take() else {
             return Ok(());
         };
+        if let Some(drain) = self.drain.take() {
+            let abandoned = drain().await;
+            self.abandoned = abandoned.len();
+            if !abandoned.is_empty() {
+                tracing::warn!(files = ?abandoned, "files open for writing at unmount were not uploaded");
+            }
+        }
         self.status.set_unmounted();
         let mp = self.mountpoint.display().to_string();
         let joined = tokio::time::timeout(
@@ -691,6 +717,9 @@ impl Mounted {
             s3_requests = s.s3_requests,
             cache_hit_ratio = (s.cache_hit_ratio * 1000.0).round() / 1000.0,
             errors = s.errors,
+            uploads = crate::metrics::WRITES.completed.get(),
+            uploads_failed = crate::metrics::WRITES.failed.get(),
+            uploads_abandoned = self.abandoned,
             uptime_s = s.uptime.as_secs(),
             "summary"
         );

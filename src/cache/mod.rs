@@ -5,6 +5,9 @@
 //! reserves its size and evicts least-recently-used blocks to make room, so memory stays
 //! within the budget whatever the mix of readers. Prefetch may only hold half the budget in
 //! flight; beyond that it is refused (back-pressure) while demanded reads always proceed.
+//! Write buffers take their bytes from the same budget ([`Reservation`]): cached blocks give
+//! way to them, and a writer waits (or, where waiting cannot help, is refused) rather than
+//! go beyond it.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -97,6 +100,8 @@ struct Inner {
     bytes: usize,
     /// Bytes reserved by fetches in flight.
     reserved: usize,
+    /// Bytes held by write buffers.
+    held: usize,
     inflight: HashMap<BlockKey, watch::Receiver<BlockState>>,
 }
 
@@ -112,6 +117,8 @@ pub struct CacheStats {
 pub struct BlockCache {
     inner: Mutex<Inner>,
     capacity: usize,
+    /// Woken when write bytes are given back.
+    released: tokio::sync::Notify,
     pub stats: CacheStats,
 }
 
@@ -122,9 +129,11 @@ impl BlockCache {
                 lru: LruCache::unbounded(),
                 bytes: 0,
                 reserved: 0,
+                held: 0,
                 inflight: HashMap::new(),
             }),
             capacity: capacity_bytes,
+            released: tokio::sync::Notify::new(),
             stats: CacheStats::default(),
         })
     }
@@ -141,6 +150,43 @@ impl BlockCache {
     /// Bytes reserved by fetches in flight.
     pub fn reserved(&self) -> usize {
         self.lock().reserved
+    }
+
+    /// Bytes held by write buffers.
+    pub fn held(&self) -> usize {
+        self.lock().held
+    }
+
+    /// Takes `len` bytes of the budget for a write buffer, evicting cached blocks to make
+    /// room; `None` if fetches and other writers already hold too much.
+    pub fn try_reserve(self: &Arc<Self>, len: usize) -> Option<Reservation> {
+        let mut r = Reservation::empty(self);
+        r.try_grow(len).then_some(r)
+    }
+
+    /// As [`try_reserve`](Self::try_reserve), waiting for writers to give bytes back. A
+    /// request larger than the whole budget is given what the budget has, so it cannot hang.
+    pub async fn reserve(self: &Arc<Self>, len: usize) -> Reservation {
+        let len = len.min(self.capacity / 2);
+        loop {
+            let notified = self.released.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(r) = self.try_reserve(len) {
+                return r;
+            }
+            notified.await;
+        }
+    }
+
+    fn give_back(&self, len: usize) {
+        if len == 0 {
+            return;
+        }
+        let mut inner = self.lock();
+        inner.held -= len;
+        drop(inner);
+        self.released.notify_waiters();
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -170,7 +216,7 @@ impl BlockCache {
             }
             return Claim::Wait(rx.clone());
         }
-        if prefetch && inner.reserved + len > self.capacity / 2 {
+        if prefetch && inner.reserved + inner.held + len > self.capacity / 2 {
             self.stats.prefetch_refused.fetch_add(1, Ordering::Relaxed);
             return Claim::Busy;
         }
@@ -190,7 +236,7 @@ impl BlockCache {
     }
 
     fn evict_to_fit(&self, inner: &mut Inner) {
-        while inner.bytes + inner.reserved > self.capacity {
+        while inner.bytes + inner.reserved + inner.held > self.capacity {
             match inner.lru.pop_lru() {
                 Some((_, old)) => {
                     inner.bytes -= old.len();
@@ -241,6 +287,73 @@ impl BlockCache {
                 inner.bytes -= b.len();
             }
         }
+    }
+}
+
+/// Bytes of the budget held by a write buffer, given back when dropped.
+pub struct Reservation {
+    cache: Arc<BlockCache>,
+    len: usize,
+}
+
+impl Reservation {
+    /// No bytes yet.
+    pub fn empty(cache: &Arc<BlockCache>) -> Self {
+        Reservation {
+            cache: cache.clone(),
+            len: 0,
+        }
+    }
+
+    /// Moves `n` of these bytes (at most all) to a reservation of their own.
+    pub fn split(&mut self, n: usize) -> Reservation {
+        let n = n.min(self.len);
+        self.len -= n;
+        Reservation {
+            cache: self.cache.clone(),
+            len: n,
+        }
+    }
+
+    /// Takes over the bytes of `other`.
+    pub fn absorb(&mut self, mut other: Reservation) {
+        self.len += other.len;
+        other.len = 0;
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Takes `more` bytes too, if they fit (cached blocks are evicted for them).
+    pub fn try_grow(&mut self, more: usize) -> bool {
+        let cache = &self.cache;
+        let mut inner = cache.lock();
+        if inner.held + inner.reserved + more > cache.capacity {
+            return false;
+        }
+        inner.held += more;
+        cache.evict_to_fit(&mut inner);
+        self.len += more;
+        true
+    }
+
+    /// Gives back all but `keep` bytes.
+    pub fn shrink_to(&mut self, keep: usize) {
+        if keep < self.len {
+            self.cache.give_back(self.len - keep);
+            self.len = keep;
+        }
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.cache.give_back(self.len);
     }
 }
 

@@ -34,6 +34,25 @@ impl Listing {
     pub fn find(&self, name: &str) -> Option<&DirEntry> {
         self.index.get(name).map(|&i| &self.entries[i])
     }
+
+    /// This listing with `extra` entries (names it does not have) added, in name order.
+    pub fn with_extra(&self, extra: Vec<DirEntry>) -> Listing {
+        let mut entries = self.entries.clone();
+        entries.extend(extra);
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        entries.dedup_by(|a, b| a.name == b.name);
+        let index = entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.name.clone(), i))
+            .collect();
+        Listing {
+            entries,
+            index,
+            fetched: self.fetched,
+            children_prefetched: true.into(),
+        }
+    }
 }
 
 /// At most this many ranges of a large directory are listed at once.

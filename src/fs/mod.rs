@@ -9,6 +9,7 @@ mod proptests;
 pub mod read;
 #[cfg(test)]
 mod tests;
+pub mod write;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,11 +17,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::cache::BlockCache;
-use crate::store::{ListFrom, ObjectStore, StoreError};
+use crate::store::{ListFrom, ObjectStore, Precondition, StoreError};
 use crate::util::lock;
 use dirs::{DirCache, DirEntry, HiddenLog, Listing};
 use inodes::{Ino, Inode, InodeTable, Kind, ObjStat, ROOT};
 use read::FileHandle;
+use write::{WriteConfig, WriteFile, Writer};
 
 /// Settings of the filesystem core.
 #[derive(Clone, Debug)]
@@ -47,6 +49,9 @@ pub struct FsConfig {
     pub request_timeout: Duration,
     /// Subdirectories listed ahead when a directory is first read (0: none).
     pub prefetch_listings: usize,
+    /// Apps may create new files and directories.
+    pub allow_write: bool,
+    pub write: WriteConfig,
 }
 
 impl Default for FsConfig {
@@ -65,6 +70,8 @@ impl Default for FsConfig {
             read_attempts: 4,
             request_timeout: Duration::from_secs(30),
             prefetch_listings: 256,
+            allow_write: false,
+            write: WriteConfig::default(),
         }
     }
 }
@@ -119,6 +126,19 @@ pub enum FsError {
     Replaced,
     #[error("access denied: {0}")]
     Access(String),
+    #[error("file exists")]
+    Exists,
+    /// A change the mount's flags do not allow (the log names the flag).
+    #[error("operation not permitted: {0}")]
+    NotPermitted(&'static str),
+    #[error("no space for the file being written")]
+    NoSpace,
+    #[error("file too large")]
+    TooBig,
+    #[error("invalid argument")]
+    Invalid,
+    #[error("file name too long")]
+    NameTooLong,
     #[error("I/O error: {0}")]
     Io(String),
 }
@@ -134,6 +154,12 @@ impl FsError {
             FsError::Replaced => libc::ESTALE,
             FsError::Stale | FsError::SizeMismatch | FsError::Io(_) => libc::EIO,
             FsError::Access(_) => libc::EACCES,
+            FsError::Exists => libc::EEXIST,
+            FsError::NotPermitted(_) => libc::EPERM,
+            FsError::NoSpace => libc::ENOSPC,
+            FsError::TooBig => libc::EFBIG,
+            FsError::Invalid => libc::EINVAL,
+            FsError::NameTooLong => libc::ENAMETOOLONG,
         }
     }
 }
@@ -187,6 +213,21 @@ pub struct Fs<S> {
     next_fh: AtomicU64,
     cache: Arc<BlockCache>,
     mounted_at: SystemTime,
+    writer: Writer<S>,
+    /// Files being written, by inode, until their last handle is closed.
+    writing: Mutex<HashMap<Ino, Arc<WriteFile>>>,
+    /// Open handles of files being written.
+    write_handles: Mutex<HashMap<u64, WriteHandle>>,
+    /// Uploads started by a release (nobody waits for them): awaited at unmount.
+    background: Mutex<tokio::task::JoinSet<()>>,
+}
+
+/// An open handle on a file being written.
+#[derive(Clone)]
+struct WriteHandle {
+    ino: Ino,
+    file: Arc<WriteFile>,
+    writable: bool,
 }
 
 const NEGATIVE_MAX: usize = 100_000;
@@ -207,6 +248,14 @@ impl<S: ObjectStore> Fs<S> {
             files: Mutex::new(HashMap::new()),
             dir_handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
+            writer: Writer {
+                store: store.clone(),
+                cache: cache.clone(),
+                cfg: cfg.write.clone(),
+            },
+            writing: Mutex::new(HashMap::new()),
+            write_handles: Mutex::new(HashMap::new()),
+            background: Mutex::new(tokio::task::JoinSet::new()),
             store,
             cfg,
             cache,
@@ -248,6 +297,18 @@ impl<S: ObjectStore> Fs<S> {
     }
 
     fn attr_of(&self, ino: Ino, node: &Inode) -> Attr {
+        let being_written = lock(&self.writing).get(&ino).cloned();
+        if let Some(wf) = being_written {
+            return Attr {
+                ino,
+                kind: Kind::File,
+                size: wf.size(),
+                mtime: wf.mtime(),
+                perm: self.cfg.file_mode,
+                uid: self.cfg.uid,
+                gid: self.cfg.gid,
+            };
+        }
         match (&node.kind, &node.stat) {
             (Kind::File, Some(st)) => Attr {
                 ino,
@@ -312,6 +373,10 @@ impl<S: ObjectStore> Fs<S> {
         let dir = self.dir_node(parent)?;
         if names::check_name(name).is_err() {
             return Err(FsError::NotFound);
+        }
+        // A file being written is not in S3's listings yet.
+        if let Some(attr) = self.lookup_writing(parent, &dir, name) {
+            return Ok(attr);
         }
         if let Some(listing) = self.dirs.fresh(&dir.key) {
             let e = listing.find(name).ok_or(FsError::NotFound)?;
@@ -400,7 +465,11 @@ impl<S: ObjectStore> Fs<S> {
         // An inode with open files is the version they read: the kernel sends fstat without
         // the file handle and never retries it on ESTALE, so it gets that version's
         // attributes. A path lookup after the TTL finds a newer version under a new inode.
-        if node.kind == Kind::Dir || node.valid_until > Instant::now() || node.open_handles > 0 {
+        if node.kind == Kind::Dir
+            || node.valid_until > Instant::now()
+            || node.open_handles > 0
+            || lock(&self.writing).contains_key(&ino)
+        {
             return Ok(self.attr_of(ino, &node));
         }
         let node = self.refresh_file(ino, &node).await?;
@@ -486,7 +555,7 @@ impl<S: ObjectStore> Fs<S> {
     /// across the readdir calls of this handle.
     pub async fn opendir(&self, ino: Ino) -> Result<u64, FsError> {
         let dir = self.dir_node(ino)?;
-        let listing = self.listing(&dir).await?;
+        let listing = self.with_files_being_written(&dir, self.listing(&dir).await?);
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         lock(&self.dir_handles).insert(
             fh,
@@ -584,9 +653,29 @@ impl<S: ObjectStore> Fs<S> {
     }
 
     /// Opens a file for reading, pinning the object version (ETag) it will read.
-    pub async fn open(&self, ino: Ino, write: bool) -> Result<Opened, FsError> {
+    pub async fn open(&self, ino: Ino, write: bool, truncate: bool) -> Result<Opened, FsError> {
+        let being_written = lock(&self.writing).get(&ino).cloned();
+        if let Some(file) = being_written {
+            if write && truncate {
+                file.truncate(&self.writer, 0).await?;
+            }
+            let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+            lock(&self.write_handles).insert(
+                fh,
+                WriteHandle {
+                    ino,
+                    file,
+                    writable: write,
+                },
+            );
+            return Ok(Opened {
+                fh,
+                keep_cache: false,
+                attrs_changed: false,
+            });
+        }
         if write {
-            return Err(FsError::ReadOnly);
+            return Err(self.refuse_change(ino, "open for writing"));
         }
         let mut node = self.node(ino)?;
         if node.kind == Kind::Dir {
@@ -630,6 +719,11 @@ impl<S: ObjectStore> Fs<S> {
 
     /// Attributes of the version an open file handle reads (for fstat).
     pub fn handle_attr(&self, fh: u64) -> Option<Attr> {
+        let written = lock(&self.write_handles).get(&fh).cloned();
+        if let Some(w) = written {
+            let node = self.node(w.ino).ok()?;
+            return Some(self.attr_of(w.ino, &node));
+        }
         let h = lock(&self.files).get(&fh).cloned()?;
         Some(Attr {
             ino: h.ino,
@@ -642,7 +736,12 @@ impl<S: ObjectStore> Fs<S> {
         })
     }
 
-    pub fn release(&self, fh: u64) {
+    pub fn release(self: &Arc<Self>, fh: u64) {
+        let written = lock(&self.write_handles).remove(&fh);
+        if let Some(w) = written {
+            self.release_written(w);
+            return;
+        }
         let Some(h) = lock(&self.files).remove(&fh) else {
             return;
         };
@@ -672,6 +771,10 @@ impl<S: ObjectStore> Fs<S> {
         size: u32,
         page_cache: bool,
     ) -> Result<Vec<bytes::Bytes>, FsError> {
+        let being_written = lock(&self.write_handles).get(&fh).cloned();
+        if let Some(w) = being_written {
+            return Ok(vec![w.file.read(offset, size).await?.into()]);
+        }
         let h = self.file_handle(fh)?;
         if page_cache && offset + u64::from(size) > h.stat.size.next_multiple_of(page_size()) {
             tracing::warn!(key = %h.key, offset, size, file_size = h.stat.size, "the kernel asks beyond the end of the version this file reads; read fails");
@@ -707,6 +810,312 @@ impl<S: ObjectStore> Fs<S> {
         if let Ok(n) = self.node(ino) {
             self.dirs.remove(&n.key);
         }
+    }
+
+    /// The flags refuse a change to an existing object: EROFS on a read-only mount, else
+    /// EPERM, and the log says which flag would allow it.
+    fn refuse_change(&self, ino: Ino, what: &'static str) -> FsError {
+        if !self.cfg.allow_write {
+            return FsError::ReadOnly;
+        }
+        tracing::info!(
+            path = %self.describe(ino, None),
+            op = what,
+            "changing an existing object needs --allow-overwrite; refused (EPERM)"
+        );
+        FsError::NotPermitted("changing an existing object needs --allow-overwrite")
+    }
+
+    fn check_create(&self, parent: Ino, name: &str) -> Result<Inode, FsError> {
+        if !self.cfg.allow_write {
+            return Err(FsError::ReadOnly);
+        }
+        let dir = self.dir_node(parent)?;
+        match names::check_name(name) {
+            Ok(()) => Ok(dir),
+            Err(names::Hidden::TooLong) => Err(FsError::NameTooLong),
+            Err(_) => Err(FsError::Invalid),
+        }
+    }
+
+    /// A name known to the kernel is being created again elsewhere in this mount, or the
+    /// kernel's view is behind ours: refuse rather than start a second writer.
+    fn taken(&self, parent: Ino, name: &str) -> bool {
+        let t = lock(&self.inodes);
+        t.lookup_name(parent, name)
+            .is_some_and(|ino| lock(&self.writing).contains_key(&ino))
+    }
+
+    /// The entry of a file being written under `parent`, counting a kernel reference.
+    fn lookup_writing(&self, parent: Ino, dir: &Inode, name: &str) -> Option<Attr> {
+        let mut t = lock(&self.inodes);
+        let ino = t.lookup_name(parent, name)?;
+        if !lock(&self.writing).contains_key(&ino) {
+            return None;
+        }
+        let key = Self::child_key(dir, name, Kind::File);
+        let stat = t.get(ino)?.stat.clone();
+        let valid_until = Instant::now() + self.cfg.metadata_ttl;
+        let (ino, node) = t.upsert(parent, name, &key, Kind::File, stat, valid_until);
+        Some(self.attr_of(ino, node))
+    }
+
+    /// `listing` with the files being written in `dir` added (they are in S3's listings
+    /// only once uploaded).
+    fn with_files_being_written(&self, dir: &Inode, listing: Arc<Listing>) -> Arc<Listing> {
+        let extra: Vec<DirEntry> = {
+            let writing = lock(&self.writing);
+            if writing.is_empty() {
+                return listing;
+            }
+            writing
+                .values()
+                .filter_map(|wf| {
+                    let name = wf.key.strip_prefix(&*dir.key)?;
+                    if name.is_empty() || name.contains('/') || listing.find(name).is_some() {
+                        return None;
+                    }
+                    Some(DirEntry {
+                        name: name.into(),
+                        kind: Kind::File,
+                        stat: Some(ObjStat {
+                            size: wf.size(),
+                            mtime: wf.mtime(),
+                            etag: "".into(),
+                        }),
+                    })
+                })
+                .collect()
+        };
+        if extra.is_empty() {
+            return listing;
+        }
+        Arc::new(listing.with_extra(extra))
+    }
+
+    fn new_handle(&self, ino: Ino, file: Arc<WriteFile>, writable: bool) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        lock(&self.write_handles).insert(
+            fh,
+            WriteHandle {
+                ino,
+                file,
+                writable,
+            },
+        );
+        fh
+    }
+
+    /// Creates a new file `name` in `parent`, open for writing. Nothing exists in S3 until
+    /// it is uploaded (at its last close, or at fsync).
+    pub async fn create(&self, parent: Ino, name: &str) -> Result<(Attr, u64), FsError> {
+        let dir = self.check_create(parent, name)?;
+        if self.taken(parent, name) {
+            return Err(FsError::Exists);
+        }
+        let key = Self::child_key(&dir, name, Kind::File);
+        let file = Arc::new(WriteFile::new(key.as_str().into()));
+        let stat = ObjStat {
+            size: 0,
+            mtime: file.mtime(),
+            etag: "".into(),
+        };
+        let ino = {
+            let mut t = lock(&self.inodes);
+            let valid_until = Instant::now() + self.cfg.metadata_ttl;
+            let (ino, _) = t.upsert(parent, name, &key, Kind::File, Some(stat), valid_until);
+            lock(&self.writing).insert(ino, file.clone());
+            ino
+        };
+        lock(&self.negative).remove(&(parent, Arc::<str>::from(name)));
+        let fh = self.new_handle(ino, file, true);
+        let attr = self.attr_of(ino, &self.node(ino)?);
+        tracing::debug!(key = %key, "file created");
+        Ok((attr, fh))
+    }
+
+    /// Creates directory `name` in `parent`: a `name/` marker object, so other mounts and
+    /// the S3 console see it at once, also while it is empty.
+    pub async fn mkdir(&self, parent: Ino, name: &str) -> Result<Attr, FsError> {
+        let dir = self.check_create(parent, name)?;
+        if self.taken(parent, name) {
+            return Err(FsError::Exists);
+        }
+        let key = Self::child_key(&dir, name, Kind::Dir);
+        match self
+            .store
+            .put_object(&key, bytes::Bytes::new(), &Precondition::Absent)
+            .await
+        {
+            Ok(_) => {}
+            // The marker is there already: the directory exists.
+            Err(StoreError::PreconditionFailed) => return Err(FsError::Exists),
+            Err(e) => {
+                tracing::warn!(key = %key, error = %e, "mkdir failed");
+                return Err(e.into());
+            }
+        }
+        lock(&self.negative).remove(&(parent, Arc::<str>::from(name)));
+        self.dirs.remove(&dir.key);
+        let entry = DirEntry {
+            name: name.into(),
+            kind: Kind::Dir,
+            stat: None,
+        };
+        Ok(self.remember(parent, &dir, &entry, Instant::now()))
+    }
+
+    fn write_handle(&self, fh: u64) -> Result<WriteHandle, FsError> {
+        lock(&self.write_handles)
+            .get(&fh)
+            .cloned()
+            .ok_or(FsError::BadHandle)
+    }
+
+    /// Writes `data` at `offset` through handle `fh`.
+    pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32, FsError> {
+        let h = self.write_handle(fh)?;
+        if !h.writable {
+            return Err(FsError::BadHandle);
+        }
+        h.file.write(&self.writer, offset, data).await?;
+        Ok(data.len() as u32)
+    }
+
+    /// Handles of `file` that may write, open now.
+    fn writers_of(&self, file: &Arc<WriteFile>) -> usize {
+        lock(&self.write_handles)
+            .values()
+            .filter(|h| h.writable && Arc::ptr_eq(&h.file, file))
+            .count()
+    }
+
+    /// close(): the close of the last handle that may write uploads the file, and its
+    /// result is close()'s.
+    pub async fn flush(&self, fh: u64) -> Result<(), FsError> {
+        let Ok(h) = self.write_handle(fh) else {
+            return Ok(());
+        };
+        if !h.writable || self.writers_of(&h.file) > 1 {
+            return Ok(());
+        }
+        // A close before anything was written is usually that of a descriptor dup'ed first
+        // (a shell redirection, dd): the file is uploaded at a later close, or at release.
+        if !h.file.touched() {
+            return Ok(());
+        }
+        self.commit(h.ino, &h.file).await
+    }
+
+    /// fsync(): uploads the file now (see docs/semantics.md for what follows).
+    pub async fn fsync(&self, fh: u64) -> Result<(), FsError> {
+        match self.write_handle(fh) {
+            Ok(h) => self.commit(h.ino, &h.file).await,
+            Err(_) => Ok(()),
+        }
+    }
+
+    async fn commit(&self, ino: Ino, file: &Arc<WriteFile>) -> Result<(), FsError> {
+        if !file.dirty().await {
+            return Ok(());
+        }
+        let result = file.commit(&self.writer).await;
+        let parent_key = &file.key[..file.key.rfind('/').map_or(0, |i| i + 1)];
+        // Listed again when next read: the new object is in S3's listing now.
+        self.dirs.remove(parent_key);
+        let mut t = lock(&self.inodes);
+        if let Some(n) = t.get_mut(ino) {
+            match &result {
+                Ok(etag) => {
+                    n.stat = Some(ObjStat {
+                        size: file.size(),
+                        mtime: file.mtime(),
+                        etag: etag.as_str().into(),
+                    });
+                    n.valid_until = Instant::now() + self.cfg.metadata_ttl;
+                }
+                // Nothing was written: the next getattr asks S3 (and gets ENOENT).
+                Err(_) => n.valid_until = Instant::now(),
+            }
+        }
+        result.map(|_| ())
+    }
+
+    /// A handle of a file being written was released: a file whose last writer went away
+    /// without a flush is uploaded in the background; one nobody holds any more leaves the
+    /// table of files being written.
+    fn release_written(self: &Arc<Self>, h: WriteHandle) {
+        let remaining = lock(&self.write_handles)
+            .values()
+            .filter(|o| Arc::ptr_eq(&o.file, &h.file))
+            .count();
+        if remaining > 0 && (!h.writable || self.writers_of(&h.file) > 0) {
+            return;
+        }
+        let fs = self.clone();
+        lock(&self.background).spawn(async move {
+            // Usually done already by the flush of the same close.
+            let _ = fs.commit(h.ino, &h.file).await;
+            if remaining == 0 {
+                let mut writing = lock(&fs.writing);
+                if writing.get(&h.ino).is_some_and(|f| Arc::ptr_eq(f, &h.file)) {
+                    writing.remove(&h.ino);
+                }
+            }
+        });
+    }
+
+    /// Changes attributes. Size changes are writes; mode, owner and times are accepted on
+    /// a writable mount and not kept (S3 has no place for them), except the time of a file
+    /// being written, which it reports until it is uploaded.
+    pub async fn setattr(
+        &self,
+        ino: Ino,
+        size: Option<u64>,
+        mtime: Option<SystemTime>,
+        other: bool,
+    ) -> Result<Attr, FsError> {
+        let node = self.node(ino)?;
+        let being_written = lock(&self.writing).get(&ino).cloned();
+        match &being_written {
+            Some(file) => {
+                if let Some(size) = size {
+                    file.truncate(&self.writer, size).await?;
+                }
+                if let Some(t) = mtime {
+                    file.set_mtime(t);
+                }
+            }
+            None if size.is_some() => {
+                if node.kind == Kind::Dir {
+                    return Err(FsError::IsDir);
+                }
+                return Err(self.refuse_change(ino, "truncate"));
+            }
+            None if !self.cfg.allow_write && (mtime.is_some() || other) => {
+                return Err(FsError::ReadOnly);
+            }
+            None => {}
+        }
+        self.getattr(ino).await
+    }
+
+    /// Before unmounting: uploads of closed files finish; files still open for writing are
+    /// abandoned (nothing appears under their names). Returns their keys.
+    pub async fn shutdown(&self) -> Vec<String> {
+        let mut set = std::mem::take(&mut *lock(&self.background));
+        while set.join_next().await.is_some() {}
+        let open: Vec<Arc<WriteFile>> = lock(&self.writing).values().cloned().collect();
+        let mut aborted = Vec::new();
+        for file in open {
+            if file.dirty().await {
+                file.abort(&self.writer, "unmounted while open for writing")
+                    .await;
+                tracing::warn!(key = %file.key, "file still open for writing at unmount: upload abandoned, nothing written under its name");
+                aborted.push(file.key.to_string());
+            }
+        }
+        aborted
     }
 
     pub fn root(&self) -> Ino {

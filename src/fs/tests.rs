@@ -166,7 +166,7 @@ async fn reads_return_exact_bytes_at_any_offset() {
     s.put("empty", "");
     let fs = fs_with(s.clone(), small_blocks());
     let blob = fs.lookup(ROOT, "blob").await.unwrap();
-    let fh = fs.open(blob.ino, false).await.unwrap().fh;
+    let fh = fs.open(blob.ino, false, false).await.unwrap().fh;
     // Sequential, whole.
     let mut got = Vec::new();
     let mut off = 0u64;
@@ -193,10 +193,10 @@ async fn reads_return_exact_bytes_at_any_offset() {
         assert_eq!(&b[..], &data[start..end], "read at {o} len {n}");
     }
     let e = fs.lookup(ROOT, "empty").await.unwrap();
-    let efh = fs.open(e.ino, false).await.unwrap().fh;
+    let efh = fs.open(e.ino, false, false).await.unwrap().fh;
     assert!(concat(&fs.read(efh, 0, 4096, false).await.unwrap()).is_empty());
     assert!(matches!(
-        fs.open(blob.ino, true).await,
+        fs.open(blob.ino, true, false).await,
         Err(FsError::ReadOnly)
     ));
 }
@@ -213,7 +213,7 @@ async fn blocks_are_cached_and_shared_by_concurrent_readers() {
         let fs = fs.clone();
         let data = data.clone();
         tasks.push(tokio::spawn(async move {
-            let fh = fs.open(f.ino, false).await.unwrap().fh;
+            let fh = fs.open(f.ino, false, false).await.unwrap().fh;
             for i in 0..64u64 {
                 let o = ((i + r * 8) % 64) * 4096;
                 let b = concat(&fs.read(fh, o, 4096, false).await.unwrap());
@@ -243,7 +243,7 @@ async fn a_changed_object_fails_reads_on_the_old_handle_and_reopens_fresh() {
     };
     let fs = fs_with(s.clone(), cfg);
     let f = fs.lookup(ROOT, "f").await.unwrap();
-    let fh = fs.open(f.ino, false).await.unwrap().fh;
+    let fh = fs.open(f.ino, false, false).await.unwrap().fh;
     assert_eq!(concat(&fs.read(fh, 0, 10, false).await.unwrap()).len(), 10);
     let new = pattern(30_000, 2);
     s.put("f", new.clone());
@@ -260,7 +260,7 @@ async fn a_changed_object_fails_reads_on_the_old_handle_and_reopens_fresh() {
     // kernel looks the name up again...
     assert_eq!(fs.getattr(f.ino).await.map(|a| a.size).ok(), Some(20_000));
     assert!(matches!(
-        fs.open(f.ino, false).await,
+        fs.open(f.ino, false, false).await,
         Err(FsError::Replaced)
     ));
     assert_eq!(fs.getattr(f.ino).await.map(|a| a.size).ok(), Some(20_000));
@@ -268,7 +268,7 @@ async fn a_changed_object_fails_reads_on_the_old_handle_and_reopens_fresh() {
     let g = fs.lookup(ROOT, "f").await.unwrap();
     assert_ne!(g.ino, f.ino);
     assert_eq!(g.size, 30_000);
-    let o = fs.open(g.ino, false).await.unwrap();
+    let o = fs.open(g.ino, false, false).await.unwrap();
     assert!(!o.keep_cache, "a new inode has no pages to keep");
     let fh2 = o.fh;
     assert_eq!(
@@ -295,10 +295,10 @@ async fn a_changed_object_fails_reads_on_the_old_handle_and_reopens_fresh() {
     // Once the old file is closed, its inode may move on to the new version; the kernel
     // must then drop what it has of the old one.
     fs.release(fh);
-    let o2 = fs.open(f.ino, false).await.unwrap();
+    let o2 = fs.open(f.ino, false, false).await.unwrap();
     assert!(!o2.keep_cache && o2.attrs_changed);
     // Opening the same version again changes nothing the kernel has.
-    let again = fs.open(g.ino, false).await.unwrap();
+    let again = fs.open(g.ino, false, false).await.unwrap();
     assert!(again.keep_cache && !again.attrs_changed);
     assert_eq!(fs.getattr(g.ino).await.unwrap().size, 30_000);
     s.delete("f");
@@ -361,7 +361,7 @@ async fn a_deleted_object_fails_reads_with_eio_not_enoent() {
     s.put("f", pattern(20_000, 1));
     let fs = fs_with(s.clone(), small_blocks());
     let f = fs.lookup(ROOT, "f").await.unwrap();
-    let fh = fs.open(f.ino, false).await.unwrap().fh;
+    let fh = fs.open(f.ino, false, false).await.unwrap().fh;
     s.delete("f");
     let e = fs.read(fh, 3 * 4096, 10, false).await.unwrap_err();
     assert!(matches!(e, FsError::Stale), "{e:?}");

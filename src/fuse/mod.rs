@@ -154,6 +154,15 @@ fn read_only(op: FuseOp, started: Instant) -> Errno {
     Errno::EROFS
 }
 
+/// Object keys are UTF-8: a name that is not cannot be created.
+fn utf8_name(name: &OsStr, op: FuseOp, t0: Instant) -> Option<String> {
+    let n = name.to_str().map(str::to_owned);
+    if n.is_none() {
+        done(op, t0, libc::EINVAL);
+    }
+    n
+}
+
 fn file_attr(a: &Attr) -> FileAttr {
     FileAttr {
         ino: INodeNo(a.ino),
@@ -268,13 +277,13 @@ impl<S: ObjectStore> fuser::Filesystem for FuseAdapter<S> {
     fn setattr(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        _mode: Option<u32>,
-        _uid: Option<u32>,
-        _gid: Option<u32>,
-        _size: Option<u64>,
-        _atime: Option<TimeOrNow>,
-        _mtime: Option<TimeOrNow>,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
         _ctime: Option<std::time::SystemTime>,
         _fh: Option<FileHandle>,
         _crtime: Option<std::time::SystemTime>,
@@ -283,32 +292,104 @@ impl<S: ObjectStore> fuser::Filesystem for FuseAdapter<S> {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        reply.error(read_only(FuseOp::Write, Instant::now()));
+        let t0 = Instant::now();
+        let mtime = mtime.map(|t| match t {
+            TimeOrNow::SpecificTime(t) => t,
+            TimeOrNow::Now => std::time::SystemTime::now(),
+        });
+        let other = mode.is_some() || uid.is_some() || gid.is_some() || atime.is_some();
+        let (fs, ttl) = (self.fs.clone(), self.ttl);
+        self.rt.spawn(async move {
+            match fs.setattr(ino.0, size, mtime, other).await {
+                Ok(a) => {
+                    done(FuseOp::Setattr, t0, 0);
+                    reply.attr(&ttl, &file_attr(&a))
+                }
+                Err(e) => {
+                    done(FuseOp::Setattr, t0, e.errno());
+                    log_error(FuseOp::Setattr, || fs.describe(ino.0, None), &e);
+                    reply.error(errno(&e))
+                }
+            }
+        });
     }
 
     fn mknod(
         &self,
         _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
-        _mode: u32,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
         _umask: u32,
         _rdev: u32,
         reply: ReplyEntry,
     ) {
-        reply.error(read_only(FuseOp::Write, Instant::now()));
+        let t0 = Instant::now();
+        // Only regular files have a place in S3.
+        if mode & libc::S_IFMT != libc::S_IFREG {
+            let e = if self.fs.config().allow_write {
+                Errno::EPERM
+            } else {
+                Errno::EROFS
+            };
+            done(FuseOp::Create, t0, e.code());
+            reply.error(e);
+            return;
+        }
+        let Some(name) = utf8_name(name, FuseOp::Create, t0) else {
+            reply.error(Errno::EINVAL);
+            return;
+        };
+        let (fs, ttl) = (self.fs.clone(), self.ttl);
+        self.rt.spawn(async move {
+            // A file made by mknod is empty and closed: upload it as it is.
+            let r = match fs.create(parent.0, &name).await {
+                Ok((a, fh)) => fs.flush(fh).await.map(|()| (a, fh)),
+                Err(e) => Err(e),
+            };
+            match r {
+                Ok((a, fh)) => {
+                    fs.release(fh);
+                    done(FuseOp::Create, t0, 0);
+                    reply.entry(&ttl, &file_attr(&a), Generation(0))
+                }
+                Err(e) => {
+                    done(FuseOp::Create, t0, e.errno());
+                    log_error(FuseOp::Create, || fs.describe(parent.0, Some(&name)), &e);
+                    reply.error(errno(&e))
+                }
+            }
+        });
     }
 
     fn mkdir(
         &self,
         _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
+        parent: INodeNo,
+        name: &OsStr,
         _mode: u32,
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        reply.error(read_only(FuseOp::Write, Instant::now()));
+        let t0 = Instant::now();
+        let Some(name) = utf8_name(name, FuseOp::Mkdir, t0) else {
+            reply.error(Errno::EINVAL);
+            return;
+        };
+        let (fs, ttl) = (self.fs.clone(), self.ttl);
+        self.rt.spawn(async move {
+            match fs.mkdir(parent.0, &name).await {
+                Ok(a) => {
+                    done(FuseOp::Mkdir, t0, 0);
+                    reply.entry(&ttl, &file_attr(&a), Generation(0))
+                }
+                Err(e) => {
+                    done(FuseOp::Mkdir, t0, e.errno());
+                    log_error(FuseOp::Mkdir, || fs.describe(parent.0, Some(&name)), &e);
+                    reply.error(errno(&e))
+                }
+            }
+        });
     }
 
     fn unlink(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
@@ -356,11 +437,12 @@ impl<S: ObjectStore> fuser::Filesystem for FuseAdapter<S> {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let t0 = Instant::now();
-        let write = flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
+        let truncate = flags.0 & libc::O_TRUNC != 0;
+        let write = flags.acc_mode() != OpenAccMode::O_RDONLY || truncate;
         let fs = self.fs.clone();
         let notify = self.notify.clone();
         self.rt.spawn(async move {
-            match fs.open(ino.0, write).await {
+            match fs.open(ino.0, write, truncate).await {
                 Ok(o) => {
                     done(FuseOp::Open, t0, 0);
                     // The kernel still has the old version's size: make it ask again before
@@ -442,28 +524,82 @@ impl<S: ObjectStore> fuser::Filesystem for FuseAdapter<S> {
     fn write(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        _offset: u64,
-        _data: &[u8],
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
         _write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        reply.error(read_only(FuseOp::Write, Instant::now()));
+        let t0 = Instant::now();
+        // The kernel's buffer is only lent for this call: the one copy of the bytes.
+        let data = data.to_vec();
+        let fs = self.fs.clone();
+        self.rt.spawn(async move {
+            match fs.write(fh.0, offset, &data).await {
+                Ok(n) => {
+                    done(FuseOp::Write, t0, 0);
+                    reply.written(n)
+                }
+                Err(e) => {
+                    done(FuseOp::Write, t0, e.errno());
+                    log_error(FuseOp::Write, || fs.describe(ino.0, None), &e);
+                    reply.error(errno(&e))
+                }
+            }
+        });
     }
 
     fn flush(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
+        ino: INodeNo,
+        fh: FileHandle,
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        done(FuseOp::Flush, Instant::now(), 0);
-        reply.ok();
+        let t0 = Instant::now();
+        let fs = self.fs.clone();
+        self.rt.spawn(async move {
+            match fs.flush(fh.0).await {
+                Ok(()) => {
+                    done(FuseOp::Flush, t0, 0);
+                    reply.ok()
+                }
+                Err(e) => {
+                    done(FuseOp::Flush, t0, e.errno());
+                    log_error(FuseOp::Flush, || fs.describe(ino.0, None), &e);
+                    reply.error(errno(&e))
+                }
+            }
+        });
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let t0 = Instant::now();
+        let fs = self.fs.clone();
+        self.rt.spawn(async move {
+            match fs.fsync(fh.0).await {
+                Ok(()) => {
+                    done(FuseOp::Fsync, t0, 0);
+                    reply.ok()
+                }
+                Err(e) => {
+                    done(FuseOp::Fsync, t0, e.errno());
+                    log_error(FuseOp::Fsync, || fs.describe(ino.0, None), &e);
+                    reply.error(errno(&e))
+                }
+            }
+        });
     }
 
     fn release(
@@ -477,6 +613,8 @@ impl<S: ObjectStore> fuser::Filesystem for FuseAdapter<S> {
         reply: ReplyEmpty,
     ) {
         let t0 = Instant::now();
+        // A release may start an upload in the background.
+        let _rt = self.rt.enter();
         self.fs.release(fh.0);
         done(FuseOp::Release, t0, 0);
         reply.ok();
@@ -595,10 +733,25 @@ impl<S: ObjectStore> fuser::Filesystem for FuseAdapter<S> {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        // S3 has no capacity; report a large, full, read-only volume so `df` works.
+        // S3 has no capacity; report a large volume so `df` works: full when read-only, with
+        // room when apps may write (tools that check free space first must not refuse).
         let bsize = 4096u32;
+        let free = if self.fs.config().allow_write {
+            1 << 39
+        } else {
+            0
+        };
         done(FuseOp::Statfs, Instant::now(), 0);
-        reply.statfs(1 << 40, 0, 0, 1 << 30, 0, bsize, 255, bsize);
+        reply.statfs(
+            1 << 40,
+            free,
+            free,
+            1 << 30,
+            free.min(1 << 29),
+            bsize,
+            255,
+            bsize,
+        );
     }
 
     // ENOSYS makes the kernel stop asking (it answers EOPNOTSUPP itself from then on):
@@ -640,13 +793,37 @@ impl<S: ObjectStore> fuser::Filesystem for FuseAdapter<S> {
     fn create(
         &self,
         _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
+        parent: INodeNo,
+        name: &OsStr,
         _mode: u32,
         _umask: u32,
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        reply.error(read_only(FuseOp::Write, Instant::now()));
+        let t0 = Instant::now();
+        let Some(name) = utf8_name(name, FuseOp::Create, t0) else {
+            reply.error(Errno::EINVAL);
+            return;
+        };
+        let (fs, ttl) = (self.fs.clone(), self.ttl);
+        self.rt.spawn(async move {
+            match fs.create(parent.0, &name).await {
+                Ok((a, fh)) => {
+                    done(FuseOp::Create, t0, 0);
+                    reply.created(
+                        &ttl,
+                        &file_attr(&a),
+                        Generation(0),
+                        FileHandle(fh),
+                        FopenFlags::empty(),
+                    )
+                }
+                Err(e) => {
+                    done(FuseOp::Create, t0, e.errno());
+                    log_error(FuseOp::Create, || fs.describe(parent.0, Some(&name)), &e);
+                    reply.error(errno(&e))
+                }
+            }
+        });
     }
 }

@@ -1,7 +1,9 @@
-//! In-memory object store for unit tests: S3 listing semantics (delimiter, pages,
-//! continuation), ETags that change on every put, If-Match on ranged reads.
+//! In-memory object store for tests: S3 listing semantics (delimiter, pages, continuation),
+//! ETags that change on every put, If-Match on ranged reads, and AWS's rules for writes:
+//! conditional puts and conditional multipart completions (which Ceph RGW 16 ignores),
+//! part sizes and numbers, nothing visible before completion.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,12 +11,21 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 
-use super::{ByteStream, ListFrom, ListPage, ObjectMeta, ObjectStore, StoreError};
+use super::{
+    ByteStream, ListFrom, ListPage, MAX_PARTS, MIN_PART_SIZE, ObjectMeta, ObjectStore, Part,
+    Precondition, StoreError, Written,
+};
+
+/// An upload in progress: its key and parts (number -> body, ETag).
+type Upload = (String, BTreeMap<u32, (Bytes, String)>);
 
 #[derive(Default)]
 pub struct MemoryStore {
     objects: Mutex<BTreeMap<String, (Bytes, ObjectMeta)>>,
+    uploads: Mutex<HashMap<String, Upload>>,
     version: AtomicU64,
+    /// Writes (puts and completed uploads) done through the trait.
+    pub writes: AtomicU64,
     /// Number of GET requests served, so tests can check caching.
     pub gets: AtomicU64,
     /// Number of LIST requests served.
@@ -36,8 +47,17 @@ impl MemoryStore {
     }
 
     pub fn put(&self, key: &str, data: impl Into<Bytes>) {
-        let data = data.into();
-        let v = self.version.fetch_add(1, Ordering::Relaxed);
+        Self::store(&mut self.lock(), &self.version, key, data.into());
+    }
+
+    /// Stores a new version of `key` and returns its ETag.
+    fn store(
+        objects: &mut BTreeMap<String, (Bytes, ObjectMeta)>,
+        version: &AtomicU64,
+        key: &str,
+        data: Bytes,
+    ) -> String {
+        let v = version.fetch_add(1, Ordering::Relaxed);
         let meta = ObjectMeta {
             key: key.to_string(),
             size: data.len() as u64,
@@ -45,7 +65,44 @@ impl MemoryStore {
                 + std::time::Duration::from_secs(1_700_000_000 + v),
             etag: format!("\"v{v}\""),
         };
-        self.lock().insert(key.to_string(), (data, meta));
+        let etag = meta.etag.clone();
+        objects.insert(key.to_string(), (data, meta));
+        etag
+    }
+
+    /// The current bytes of `key`.
+    pub fn get(&self, key: &str) -> Option<Bytes> {
+        self.lock().get(key).map(|(d, _)| d.clone())
+    }
+
+    /// Every key, in order.
+    pub fn keys(&self) -> Vec<String> {
+        self.lock().keys().cloned().collect()
+    }
+
+    /// Multipart uploads started and neither completed nor aborted (what a bucket lifecycle
+    /// rule would clean up).
+    pub fn uploads_in_progress(&self) -> usize {
+        self.uploads_lock().len()
+    }
+
+    fn uploads_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Upload>> {
+        self.uploads.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn check(
+        objects: &BTreeMap<String, (Bytes, ObjectMeta)>,
+        key: &str,
+        cond: &Precondition,
+    ) -> Result<(), StoreError> {
+        let current = objects.get(key).map(|(_, m)| m.etag.as_str());
+        match (cond, current) {
+            (Precondition::Absent, None) => Ok(()),
+            (Precondition::Matches(e), Some(c)) if e == c => Ok(()),
+            // AWS answers If-Match on a missing key with 404.
+            (Precondition::Matches(_), None) => Err(StoreError::NotFound),
+            _ => Err(StoreError::PreconditionFailed),
+        }
     }
 
     pub fn delete(&self, key: &str) {
@@ -131,6 +188,96 @@ impl ObjectStore for MemoryStore {
         self.lock()
             .get(key)
             .map(|(_, m)| m.clone())
+            .ok_or(StoreError::NotFound)
+    }
+
+    async fn put_object(
+        &self,
+        key: &str,
+        body: Bytes,
+        cond: &Precondition,
+    ) -> Result<Written, StoreError> {
+        let mut objects = self.lock();
+        Self::check(&objects, key, cond)?;
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        let etag = Self::store(&mut objects, &self.version, key, body);
+        Ok(Written { etag })
+    }
+
+    async fn create_upload(&self, key: &str) -> Result<String, StoreError> {
+        let id = format!("upload-{}", self.version.fetch_add(1, Ordering::Relaxed));
+        self.uploads_lock()
+            .insert(id.clone(), (key.to_string(), BTreeMap::new()));
+        Ok(id)
+    }
+
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: u32,
+        body: Bytes,
+    ) -> Result<String, StoreError> {
+        if !(1..=MAX_PARTS).contains(&number) {
+            return Err(StoreError::Other(format!(
+                "InvalidArgument: part number {number} not in 1..={MAX_PARTS}"
+            )));
+        }
+        let mut uploads = self.uploads_lock();
+        let (k, parts) = uploads.get_mut(upload_id).ok_or(StoreError::NotFound)?;
+        if k != key {
+            return Err(StoreError::NotFound);
+        }
+        let etag = format!("\"p{}\"", self.version.fetch_add(1, Ordering::Relaxed));
+        parts.insert(number, (body, etag.clone()));
+        Ok(etag)
+    }
+
+    async fn complete_upload(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[Part],
+        cond: &Precondition,
+    ) -> Result<Written, StoreError> {
+        let mut uploads = self.uploads_lock();
+        let (k, stored) = uploads.get(upload_id).ok_or(StoreError::NotFound)?;
+        if k != key {
+            return Err(StoreError::NotFound);
+        }
+        if parts.is_empty() || !parts.windows(2).all(|w| w[0].number < w[1].number) {
+            return Err(StoreError::Other(
+                "InvalidPartOrder: parts must be given in ascending order".into(),
+            ));
+        }
+        let mut body = Vec::new();
+        for (i, p) in parts.iter().enumerate() {
+            let (data, etag) = stored
+                .get(&p.number)
+                .filter(|(_, e)| *e == p.etag)
+                .ok_or_else(|| StoreError::Other(format!("InvalidPart: part {}", p.number)))?;
+            if i + 1 < parts.len() && (data.len() as u64) < MIN_PART_SIZE {
+                return Err(StoreError::Other(format!(
+                    "EntityTooSmall: part {} has {} bytes ({etag})",
+                    p.number,
+                    data.len()
+                )));
+            }
+            body.extend_from_slice(data);
+        }
+        let mut objects = self.lock();
+        // AWS checks the condition at completion, and the upload stays open when it fails.
+        Self::check(&objects, key, cond)?;
+        uploads.remove(upload_id);
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        let etag = Self::store(&mut objects, &self.version, key, body.into());
+        Ok(Written { etag })
+    }
+
+    async fn abort_upload(&self, _key: &str, upload_id: &str) -> Result<(), StoreError> {
+        self.uploads_lock()
+            .remove(upload_id)
+            .map(|_| ())
             .ok_or(StoreError::NotFound)
     }
 

@@ -46,6 +46,35 @@ pub enum ListFrom {
 /// (the reader checks that, a short or long body is an error).
 pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, StoreError>> + Send>>;
 
+/// What a write requires of the key's current version: every write is conditional, so no
+/// write ever replaces a version the app did not see.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Precondition {
+    /// The key must not exist (`If-None-Match: *`): a new file.
+    Absent,
+    /// The key must be this version (`If-Match: ETAG`): a change to what the app opened.
+    Matches(String),
+}
+
+/// The version a write created.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Written {
+    pub etag: String,
+}
+
+/// One uploaded part of a multipart upload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Part {
+    /// 1..=10,000, ascending in a completion.
+    pub number: u32,
+    pub etag: String,
+}
+
+/// Multipart limits of S3: at most this many parts, each but the last at least
+/// [`MIN_PART_SIZE`] bytes.
+pub const MAX_PARTS: u32 = 10_000;
+pub const MIN_PART_SIZE: u64 = 5 << 20;
+
 /// What a store can fail with. The variants are the distinctions the filesystem acts on.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -87,6 +116,44 @@ pub trait ObjectStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<ListPage, StoreError>> + Send;
 
     fn head(&self, key: &str) -> impl Future<Output = Result<ObjectMeta, StoreError>> + Send;
+
+    /// Writes `body` as the whole object `key`, if `cond` holds (else `PreconditionFailed`).
+    fn put_object(
+        &self,
+        key: &str,
+        body: Bytes,
+        cond: &Precondition,
+    ) -> impl Future<Output = Result<Written, StoreError>> + Send;
+
+    /// Starts a multipart upload of `key`; returns its upload id. Nothing is visible under
+    /// the key until it is completed.
+    fn create_upload(&self, key: &str) -> impl Future<Output = Result<String, StoreError>> + Send;
+
+    /// Uploads part `number` of an upload (again with the same number replaces it).
+    fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: u32,
+        body: Bytes,
+    ) -> impl Future<Output = Result<String, StoreError>> + Send;
+
+    /// Completes an upload from `parts` (ascending), if `cond` holds: AWS S3 checks the
+    /// condition at completion. Ceph RGW 16 ignores it there (docs/semantics.md).
+    fn complete_upload(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[Part],
+        cond: &Precondition,
+    ) -> impl Future<Output = Result<Written, StoreError>> + Send;
+
+    /// Abandons an upload: its parts are dropped, nothing appears under the key.
+    fn abort_upload(
+        &self,
+        key: &str,
+        upload_id: &str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// GET of `range` (non-empty, within the object) of the version with `etag` and `size`.
     /// An answer for an object of another size is refused as a changed object: with a

@@ -4,6 +4,8 @@ use std::error::Error as _;
 use std::ops::Range;
 use std::time::{Duration, SystemTime};
 
+use bytes::Bytes;
+
 use aws_credential_types::provider::error::CredentialsError;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::{SharedCredentialsProvider, retry::RetryConfig, timeout::TimeoutConfig};
@@ -18,7 +20,10 @@ use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_types::config_bag::ConfigBag;
 use aws_smithy_types::error::display::DisplayErrorContext;
 
-use super::{ByteStream, ListFrom, ListPage, ObjectMeta, ObjectStore, StoreError, urlkey};
+use super::{
+    ByteStream, ListFrom, ListPage, ObjectMeta, ObjectStore, Part, Precondition, StoreError,
+    Written, urlkey,
+};
 
 /// How to reach the bucket.
 #[derive(Clone, Debug)]
@@ -61,6 +66,11 @@ impl S3Store {
             .retry_config(RetryConfig::standard().with_max_attempts(opts.max_attempts.max(1)))
             .timeout_config(timeouts)
             .interceptor(super::observe::MetricsInterceptor)
+            // Writes carry Content-MD5 instead (below): one checksum, which AWS S3 and Ceph
+            // RGW both verify (RGW 16 ignores the SDK's CRC32 header).
+            .request_checksum_calculation(
+                aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired,
+            )
             .stalled_stream_protection(
                 aws_sdk_s3::config::StalledStreamProtectionConfig::enabled()
                     .grace_period(timeout)
@@ -77,6 +87,37 @@ impl S3Store {
             bucket: opts.bucket.clone(),
         }
     }
+}
+
+/// Content-MD5 of a body: the server refuses a body that arrives different (BadDigest).
+fn md5(body: &[u8]) -> [u8; 16] {
+    use md5::Digest;
+    md5::Md5::digest(body).into()
+}
+
+fn b64(d: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(d)
+}
+
+fn hex(d: &[u8]) -> String {
+    d.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The ETag S3 gives a multipart object: the MD5 of the parts' MD5s, then `-N`. `None`
+/// when a part's ETag is not an MD5 (encrypted with KMS, say).
+fn multipart_etag(parts: &[Part]) -> Option<String> {
+    let mut all = Vec::with_capacity(parts.len() * 16);
+    for p in parts {
+        let h = p.etag.trim_matches('"');
+        if h.len() != 32 {
+            return None;
+        }
+        for i in (0..32).step_by(2) {
+            all.push(u8::from_str_radix(h.get(i..i + 2)?, 16).ok()?);
+        }
+    }
+    Some(format!("\"{}-{}\"", hex(&md5(&all)), parts.len()))
 }
 
 fn to_system_time(t: Option<&aws_smithy_types::DateTime>) -> SystemTime {
@@ -100,7 +141,7 @@ where
             match (status, code.as_str()) {
                 (404, "NoSuchBucket") => StoreError::NoSuchBucket,
                 (404, _) => StoreError::NotFound,
-                (412, _) => StoreError::PreconditionFailed,
+                (412, _) | (409, "ConditionalRequestConflict") => StoreError::PreconditionFailed,
                 (403, _) | (400, "InvalidAccessKeyId") | (400, "ExpiredToken") => {
                     StoreError::AccessDenied {
                         code: if code.is_empty() { "403".into() } else { code },
@@ -178,6 +219,29 @@ impl Intercept for WholeDocument {
             ));
         }
         Ok(())
+    }
+}
+
+impl S3Store {
+    /// A write refused as a precondition failure may be our own write whose answer was lost
+    /// and whose retry then found it: the object there with exactly our ETag is ours.
+    async fn written_by_a_lost_answer(
+        &self,
+        key: &str,
+        err: StoreError,
+        ours: Option<String>,
+    ) -> Result<Written, StoreError> {
+        if !matches!(err, StoreError::PreconditionFailed) {
+            return Err(err);
+        }
+        if let Some(ours) = ours
+            && let Ok(meta) = self.head(key).await
+            && meta.etag == ours
+        {
+            tracing::debug!(key, etag = %ours, "conditional write found in place after a retry: ours");
+            return Ok(Written { etag: ours });
+        }
+        Err(err)
     }
 }
 
@@ -271,6 +335,147 @@ impl ObjectStore for S3Store {
             last_modified: to_system_time(out.last_modified()),
             etag: out.e_tag().unwrap_or("").to_string(),
         })
+    }
+
+    async fn put_object(
+        &self,
+        key: &str,
+        body: Bytes,
+        cond: &Precondition,
+    ) -> Result<Written, StoreError> {
+        let digest = md5(&body);
+        let put = |if_match: Option<&str>| {
+            let req = self
+                .client
+                .put_object()
+                .bucket(&self.bucket)
+                .key(key)
+                .content_md5(b64(&digest))
+                .body(aws_sdk_s3::primitives::ByteStream::from(body.clone()));
+            match (cond, if_match) {
+                (Precondition::Absent, _) => req.if_none_match("*"),
+                (Precondition::Matches(_), Some(e)) => req.if_match(e),
+                (Precondition::Matches(e), None) => req.if_match(e),
+            }
+            .send()
+        };
+        let mut result = put(None).await.map_err(classify);
+        // Ceph RGW 16 compares If-Match on PUT with the ETag without its quotes, so it
+        // refuses the quoted (RFC 7232) form even when the version is the one expected. When
+        // the object there is exactly that version, ask again in RGW's form (AWS S3 never
+        // refuses a matching If-Match, so never gets here).
+        if let (Err(StoreError::PreconditionFailed), Precondition::Matches(e)) = (&result, cond)
+            && e.starts_with('"')
+            && self.head(key).await.is_ok_and(|m| m.etag == *e)
+        {
+            tracing::debug!(
+                key,
+                "If-Match refused for the current version; asking again unquoted"
+            );
+            result = put(Some(e.trim_matches('"'))).await.map_err(classify);
+        }
+        match result {
+            Ok(out) => Ok(Written {
+                etag: out.e_tag().unwrap_or("").to_string(),
+            }),
+            Err(e) => {
+                let ours = format!("\"{}\"", hex(&digest));
+                self.written_by_a_lost_answer(key, e, Some(ours)).await
+            }
+        }
+    }
+
+    async fn create_upload(&self, key: &str) -> Result<String, StoreError> {
+        let out = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(classify)?;
+        out.upload_id()
+            .map(str::to_string)
+            .ok_or_else(|| StoreError::Other(format!("CreateMultipartUpload {key}: no upload id")))
+    }
+
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: u32,
+        body: Bytes,
+    ) -> Result<String, StoreError> {
+        let out = self
+            .client
+            .upload_part()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .part_number(number as i32)
+            .content_md5(b64(&md5(&body)))
+            .body(aws_sdk_s3::primitives::ByteStream::from(body))
+            .send()
+            .await
+            .map_err(classify)?;
+        out.e_tag().map(str::to_string).ok_or_else(|| {
+            StoreError::Transient(format!("UploadPart {key} #{number}: no ETag in the answer"))
+        })
+    }
+
+    async fn complete_upload(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[Part],
+        cond: &Precondition,
+    ) -> Result<Written, StoreError> {
+        use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+        let completed = CompletedMultipartUpload::builder()
+            .set_parts(Some(
+                parts
+                    .iter()
+                    .map(|p| {
+                        CompletedPart::builder()
+                            .part_number(p.number as i32)
+                            .e_tag(&p.etag)
+                            .build()
+                    })
+                    .collect(),
+            ))
+            .build();
+        let req = self
+            .client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .multipart_upload(completed);
+        let req = match cond {
+            Precondition::Absent => req.if_none_match("*"),
+            Precondition::Matches(e) => req.if_match(e),
+        };
+        match req.send().await.map_err(classify) {
+            Ok(out) => Ok(Written {
+                etag: out.e_tag().unwrap_or("").to_string(),
+            }),
+            Err(e) => {
+                self.written_by_a_lost_answer(key, e, multipart_etag(parts))
+                    .await
+            }
+        }
+    }
+
+    async fn abort_upload(&self, key: &str, upload_id: &str) -> Result<(), StoreError> {
+        self.client
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(classify)
     }
 
     async fn get_range(

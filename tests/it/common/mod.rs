@@ -128,6 +128,52 @@ pub fn put_many(bucket: &str, items: Vec<(String, Vec<u8>)>) {
     );
 }
 
+/// The object's bytes, or `None` if there is no such key.
+pub fn get(bucket: &str, key: &str) -> Option<Vec<u8>> {
+    rt().block_on(async {
+        match client().get_object().bucket(bucket).key(key).send().await {
+            Ok(out) => Some(
+                out.body
+                    .collect()
+                    .await
+                    .unwrap_or_else(|e| panic!("get {key:?}: {e:?}"))
+                    .to_vec(),
+            ),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => None,
+            Err(e) => panic!("get {key:?}: {e:?}"),
+        }
+    })
+}
+
+/// Every key of the bucket, in order.
+pub fn keys(bucket: &str) -> Vec<String> {
+    rt().block_on(async {
+        let mut keys = Vec::new();
+        let mut pages = client()
+            .list_objects_v2()
+            .bucket(bucket)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.unwrap_or_else(|e| panic!("list {bucket}: {e:?}"));
+            keys.extend(
+                page.contents()
+                    .iter()
+                    .filter_map(|o| o.key().map(str::to_string)),
+            );
+        }
+        keys
+    })
+}
+
+/// Multipart uploads started in the bucket and neither completed nor aborted.
+pub fn uploads_in_progress(bucket: &str) -> usize {
+    rt().block_on(client().list_multipart_uploads().bucket(bucket).send())
+        .unwrap_or_else(|e| panic!("list uploads {bucket}: {e:?}"))
+        .uploads()
+        .len()
+}
+
 pub fn delete(bucket: &str, key: &str) {
     rt().block_on(client().delete_object().bucket(bucket).key(key).send())
         .unwrap_or_else(|e| panic!("delete {key:?}: {e:?}"));

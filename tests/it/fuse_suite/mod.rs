@@ -6,6 +6,7 @@
 //! A test is a `fn name(kind: Kind)` listed in its module's `suite!` call.
 
 mod reads;
+mod writes;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -82,6 +83,34 @@ impl Backend {
         match self {
             Backend::Memory(s) => s.put(key, data.to_vec()),
             Backend::Rgw { bucket } => common::put(bucket, key, data.to_vec()),
+        }
+    }
+
+    /// The object's bytes as S3 has them (not through a mount).
+    pub fn get(&self, key: &str) -> Option<Vec<u8>> {
+        match self {
+            Backend::Memory(s) => s.get(key).map(|b| b.to_vec()),
+            Backend::Rgw { bucket } => common::get(bucket, key),
+        }
+    }
+
+    /// Every key, in order.
+    pub fn keys(&self) -> Vec<String> {
+        match self {
+            Backend::Memory(s) => s.keys(),
+            Backend::Rgw { bucket } => {
+                let mut k = common::keys(bucket);
+                k.sort();
+                k
+            }
+        }
+    }
+
+    /// Multipart uploads neither completed nor aborted.
+    pub fn uploads_in_progress(&self) -> usize {
+        match self {
+            Backend::Memory(s) => s.uploads_in_progress(),
+            Backend::Rgw { bucket } => common::uploads_in_progress(bucket),
         }
     }
 
@@ -162,9 +191,23 @@ fn runtime() -> &'static tokio::runtime::Runtime {
     })
 }
 
+/// `S3OM_TEST_LOG=debug` (a tracing filter) logs what in-process mounts do to stderr.
+fn init_log() {
+    static INIT: std::sync::Once = std::sync::Once::new();
+    INIT.call_once(|| {
+        if let Ok(filter) = std::env::var("S3OM_TEST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_writer(std::io::stderr)
+                .try_init();
+        }
+    });
+}
+
 impl InProcess {
     fn mount(store: Arc<MemoryStore>, source: &str, flags: &[&str]) -> TestMount {
         use s3_oidc_mount::cli::{Cli, Command};
+        init_log();
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("mnt");
         std::fs::create_dir(&path).expect("mkdir mnt");
