@@ -405,3 +405,6 @@ impl ProvideCredentials for Refresher {
         future::ProvideCredentials::new(self.credentials())
     }
 }
+
+#[cfg(test)]
+mod tests;
