@@ -20,7 +20,7 @@ use serde_json::Value;
 
 use crate::auth::jwt::{Claims, IdToken, now_unix};
 use crate::auth::sts::{Session, StsError, trust_hint};
-use crate::auth::token::{TokenError, TokenFile, TokenSource};
+use crate::auth::token::{TokenError, TokenFile};
 use crate::auth::{self, AuthConfig, CredentialMode, Plan, policy};
 use crate::cli::Source;
 use crate::store::s3::{S3Options, S3Store};
@@ -791,24 +791,17 @@ impl Env for RealEnv {
     }
 
     async fn identity_token(&self) -> Result<IdToken, TokenError> {
-        let source = match (&self.plan.mode, &self.plan.token_file) {
+        // Not through the refresher's check: an expired token is shown with its claims.
+        match (&self.plan.mode, &self.plan.token_file) {
             (CredentialMode::TokenFile, Some(path)) => {
-                TokenSource::File(TokenFile { path: path.clone() })
+                TokenFile { path: path.clone() }.read_identity_token().await
             }
-            (CredentialMode::TokenFile, None) => {
-                return Err(TokenError::File {
-                    path: "(none)".into(),
-                    why:
-                        "--credentials token-file needs --token-file or AWS_WEB_IDENTITY_TOKEN_FILE"
-                            .into(),
-                });
-            }
-            _ => TokenSource::Gcp(self.plan.gcp.clone()),
-        };
-        // Not TokenSource::identity_token: an expired token is shown with its claims.
-        match source {
-            TokenSource::Gcp(g) => g.identity_token().await,
-            TokenSource::File(f) => f.identity_token().await,
+            (CredentialMode::TokenFile, None) => Err(TokenError::File {
+                path: "(none)".into(),
+                why: "--credentials token-file needs --token-file or AWS_WEB_IDENTITY_TOKEN_FILE"
+                    .into(),
+            }),
+            _ => self.plan.gcp.mint_identity_token().await,
         }
     }
 
@@ -816,7 +809,10 @@ impl Env for RealEnv {
         let (_, exchanger) = auth::web_identity(&self.cfg, self.plan.clone())
             .await
             .map_err(|e| ExchangeError::Config(e.to_string()))?;
-        exchanger.exchange(token).await.map_err(ExchangeError::Sts)
+        exchanger
+            .assume_role(token)
+            .await
+            .map_err(ExchangeError::Sts)
     }
 
     async fn aws_credentials(&self) -> Result<Credentials, String> {

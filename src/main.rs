@@ -115,7 +115,7 @@ async fn print_policies(a: &PolicyArgs) -> anyhow::Result<()> {
         None => {
             // The unique id is the `sub` of the service account's own identity token.
             let md = GcpMetadata::new(None, &a.audience);
-            let token = md.identity_token().await.with_context(|| {
+            let token = md.mint_identity_token().await.with_context(|| {
                 "reading the service account's unique id from the metadata server (off GCP, pass \
                  --service-account-id from `gcloud iam service-accounts describe SA --format='value(uniqueId)'`)"
             })?;

@@ -21,7 +21,7 @@ use aws_types::region::Region;
 
 use crate::util::env_nonempty;
 use refresh::Refresher;
-use sts::{Exchanger, StsConfig};
+use sts::{StsConfig, StsExchanger};
 use token::{GcpMetadata, TokenFile, TokenSource};
 
 /// `--credentials`.
@@ -178,7 +178,7 @@ pub async fn resolve(cfg: &AuthConfig) -> Result<Resolved, AuthError> {
         });
     }
     let (source, exchanger) = web_identity(cfg, plan).await?;
-    let refresher = Refresher::start(source, exchanger, cfg.refresh_margin).await?;
+    let refresher = Refresher::start(source, Box::new(exchanger), cfg.refresh_margin).await?;
     Ok(Resolved {
         provider: SharedCredentialsProvider::new(refresher.clone()),
         sdk_cache: false,
@@ -192,21 +192,21 @@ pub async fn resolve(cfg: &AuthConfig) -> Result<Resolved, AuthError> {
 pub async fn web_identity(
     cfg: &AuthConfig,
     plan: Plan,
-) -> Result<(TokenSource, Exchanger), AuthError> {
+) -> Result<(Box<dyn TokenSource>, StsExchanger), AuthError> {
     let Plan {
         mode,
         role_arn,
         token_file,
         gcp,
     } = plan;
-    let source = match mode {
+    let source: Box<dyn TokenSource> = match mode {
         CredentialMode::Aws | CredentialMode::Auto => {
             return Err(AuthError::Config(
                 "web identity needs --credentials gcp or token-file".into(),
             ));
         }
-        CredentialMode::Gcp => TokenSource::Gcp(gcp),
-        CredentialMode::TokenFile => TokenSource::File(TokenFile {
+        CredentialMode::Gcp => Box::new(gcp.clone()),
+        CredentialMode::TokenFile => Box::new(TokenFile {
             path: token_file.ok_or_else(|| {
                 AuthError::Config(
                     "--credentials token-file needs --token-file or AWS_WEB_IDENTITY_TOKEN_FILE"
@@ -246,14 +246,18 @@ pub async fn web_identity(
         Some(n) => sts::sanitize_session_name(n),
         None => {
             // The instance id ties the session to one Cloud Run instance in the logs.
-            let id = match &source {
-                TokenSource::Gcp(g) => g.get("instance/id", &[]).await.ok().map(|z| z.to_string()),
-                TokenSource::File(_) => None,
+            let id = match mode {
+                CredentialMode::Gcp => gcp
+                    .get("instance/id", &[])
+                    .await
+                    .ok()
+                    .map(|z| z.to_string()),
+                _ => None,
             };
             sts::workload_session_name(id.as_deref())
         }
     };
-    let exchanger = Exchanger::new(StsConfig {
+    let exchanger = StsExchanger::new(StsConfig {
         role_arn,
         region: cfg.sts_region.clone(),
         endpoint_url: cfg.sts_endpoint_url.clone(),

@@ -6,19 +6,23 @@
 //! throttled CPU (Cloud Run between requests) can starve that timer, the request path also
 //! checks: inside the margin it wakes the task, and only with really expired credentials does
 //! a request wait for a renewal.
+//!
+//! The refresher sees its token source, its exchanger and the wall clock through traits, and
+//! sleeps on tokio's timer, so that tests drive it with fakes and paused time.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use aws_credential_types::provider::error::CredentialsError;
 use aws_credential_types::provider::{ProvideCredentials, future};
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
 use super::AuthError;
-use super::jwt::{IdToken, now_unix};
+use super::jwt::IdToken;
 use super::sts::{Exchanger, Session, StsError, trust_hint};
-use super::token::TokenSource;
+use super::token::{TokenSource, unexpired};
 use crate::util::lock;
 
 /// Credentials this close to expiry are treated as expired (clock skew, request time).
@@ -30,6 +34,25 @@ const SYNC_RETRY_INTERVAL: Duration = Duration::from_secs(2);
 const MIN_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
+/// The wall clock, which expiries (of credentials, of tokens) are told in.
+pub trait Clock: Send + Sync {
+    fn now(&self) -> SystemTime;
+}
+
+/// The real clock.
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> SystemTime {
+        SystemTime::now()
+    }
+}
+
+/// Uniform in [0, 1): the draw behind the renewal and retry jitter.
+fn uniform() -> f64 {
+    rand::random()
+}
+
 #[derive(Default, Debug)]
 pub struct RefreshStats {
     pub renewals: AtomicU64,
@@ -37,8 +60,11 @@ pub struct RefreshStats {
 }
 
 struct Inner {
-    source: TokenSource,
-    exchanger: Exchanger,
+    source: Box<dyn TokenSource>,
+    exchanger: Box<dyn Exchanger>,
+    clock: Arc<dyn Clock>,
+    /// `uniform` (tests pin it to see exact times).
+    random: fn() -> f64,
     margin: Duration,
     current: RwLock<Option<Arc<Session>>>,
     /// A cached identity token (GCP mints a new one per call; reuse it while it lasts).
@@ -59,7 +85,7 @@ impl std::fmt::Debug for Refresher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Refresher")
             .field("source", &self.inner.source.describe())
-            .field("role", &self.inner.exchanger.config().role_arn)
+            .field("role", &self.inner.exchanger.role_arn())
             .finish()
     }
 }
@@ -68,9 +94,19 @@ impl Refresher {
     /// Gets the first credentials (a failure here is a configuration error, reported with
     /// what to fix) and starts the background renewal.
     pub async fn start(
-        source: TokenSource,
-        exchanger: Exchanger,
+        source: Box<dyn TokenSource>,
+        exchanger: Box<dyn Exchanger>,
         margin: Duration,
+    ) -> Result<Self, AuthError> {
+        Self::start_with(source, exchanger, margin, Arc::new(SystemClock), uniform).await
+    }
+
+    async fn start_with(
+        source: Box<dyn TokenSource>,
+        exchanger: Box<dyn Exchanger>,
+        margin: Duration,
+        clock: Arc<dyn Clock>,
+        random: fn() -> f64,
     ) -> Result<Self, AuthError> {
         // Credentials count as expired EXPIRY_SAFETY early: renewing any later than that
         // would make requests wait for renewals.
@@ -86,6 +122,8 @@ impl Refresher {
         let inner = Arc::new(Inner {
             source,
             exchanger,
+            clock,
+            random,
             margin,
             current: RwLock::new(None),
             token: tokio::sync::Mutex::new(None),
@@ -121,10 +159,7 @@ impl Refresher {
 
     async fn credentials(&self) -> aws_credential_types::provider::Result {
         if let Some(s) = self.inner.current() {
-            let left = s
-                .expiry
-                .duration_since(SystemTime::now())
-                .unwrap_or_default();
+            let left = self.inner.left(&s);
             if left > EXPIRY_SAFETY {
                 if left < self.inner.margin {
                     // The background renewal is late (starved timer): nudge it, don't wait.
@@ -160,31 +195,44 @@ impl Inner {
             .clone()
     }
 
-    fn valid_for(&self) -> Duration {
-        self.current()
-            .and_then(|s| s.expiry.duration_since(SystemTime::now()).ok())
+    /// How long `s` stays valid.
+    fn left(&self, s: &Session) -> Duration {
+        s.expiry
+            .duration_since(self.clock.now())
             .unwrap_or_default()
+    }
+
+    fn valid_for(&self) -> Duration {
+        self.current().map(|s| self.left(&s)).unwrap_or_default()
+    }
+
+    fn now_unix(&self) -> u64 {
+        self.clock
+            .now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
     }
 
     /// An identity token with at least `margin + 60 s` left: the cached one, or a new one.
     async fn token(&self, fresh: bool) -> Result<(), AuthError> {
         let mut slot = self.token.lock().await;
         let keep = !fresh
-            && matches!(&self.source, TokenSource::Gcp(_))
+            && self.source.reuse_tokens()
             && slot
                 .as_ref()
-                .is_some_and(|t| t.remaining(now_unix()) > self.margin.as_secs() + 60);
+                .is_some_and(|t| t.remaining(self.now_unix()) > self.margin.as_secs() + 60);
         if !keep {
-            *slot = Some(
-                self.source
-                    .identity_token()
-                    .await
-                    .map_err(|e| AuthError::Token {
-                        source_desc: self.source.describe(),
-                        why: e.to_string(),
-                        transient: e.is_transient(),
-                    })?,
-            );
+            let token = self
+                .source
+                .identity_token()
+                .await
+                .and_then(|t| unexpired(t, &*self.source, self.now_unix()))
+                .map_err(|e| AuthError::Token {
+                    source_desc: self.source.describe(),
+                    why: e.to_string(),
+                    transient: e.is_transient(),
+                })?;
+            *slot = Some(token);
         }
         Ok(())
     }
@@ -222,10 +270,7 @@ impl Inner {
             _ => Duration::MAX,
         };
         if let Some(s) = self.current()
-            && s.expiry
-                .duration_since(SystemTime::now())
-                .unwrap_or_default()
-                > good_for
+            && self.left(&s) > good_for
         {
             return Ok(s);
         }
@@ -234,17 +279,14 @@ impl Inner {
             Ok(s) => {
                 self.stats.renewals.fetch_add(1, Ordering::Relaxed);
                 *lock(&self.last_failure) = None;
-                let expires_in = s
-                    .expiry
-                    .duration_since(SystemTime::now())
-                    .unwrap_or_default();
+                let expires_in = self.left(s);
                 tracing::info!(
                     reason,
                     role = %s.assumed_role_arn,
                     subject = %s.subject,
                     audience = %s.audience,
                     provider = %s.provider,
-                    session = %self.exchanger.config().session_name,
+                    session = %self.exchanger.session_name(),
                     expires_in_s = expires_in.as_secs(),
                     "AWS credentials obtained"
                 );
@@ -272,7 +314,7 @@ impl Inner {
             Err(e) => {
                 let claims = self.token.lock().await.as_ref().map(|t| t.claims.clone());
                 return Err(AuthError::Sts {
-                    role: self.exchanger.config().role_arn.clone(),
+                    role: self.exchanger.role_arn().to_string(),
                     transient: e.is_transient(),
                     // The claims matter for trust failures, not for policy or parameter errors.
                     hint: match (&e, claims) {
@@ -303,16 +345,13 @@ impl Inner {
         let Some(s) = self.current() else {
             return Duration::ZERO;
         };
-        let left = s
-            .expiry
-            .duration_since(SystemTime::now())
-            .unwrap_or_default();
+        let left = self.left(&s);
         let until_margin = left.saturating_sub(self.margin);
         if until_margin.is_zero() {
             return left / 2;
         }
         let max_jitter = max_jitter(self.margin).min(until_margin / 2);
-        until_margin.saturating_sub(max_jitter.mul_f64(rand::random_range(0.0..=1.0)))
+        until_margin.saturating_sub(max_jitter.mul_f64((self.random)()))
     }
 }
 
@@ -348,8 +387,10 @@ async fn background(weak: Weak<Inner>) {
                     tracing::error!(error = %e, retry_in_s = backoff.as_secs(),
                         "AWS credentials expired and cannot be renewed; reads fail with EACCES until the identity provider and STS answer again");
                 }
+                // Half to all of the backoff.
+                let pause = backoff.mul_f64(0.5 + 0.5 * (inner.random)());
                 drop(inner);
-                tokio::time::sleep(backoff.mul_f64(rand::random_range(0.5..1.0))).await;
+                tokio::time::sleep(pause).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
@@ -364,3 +405,6 @@ impl ProvideCredentials for Refresher {
         future::ProvideCredentials::new(self.credentials())
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime};
 use aws_credential_types::Credentials;
 use aws_sdk_sts::error::{ProvideErrorMetadata, SdkError};
 use aws_smithy_types::error::display::DisplayErrorContext;
+use futures::future::BoxFuture;
 
 use super::jwt::{Claims, IdToken};
 
@@ -51,12 +52,23 @@ impl StsError {
     }
 }
 
-pub struct Exchanger {
+/// Trades an identity token for AWS credentials. A boxed future keeps the trait usable as
+/// `dyn Exchanger` (tests put a fake in its place).
+pub trait Exchanger: Send + Sync {
+    fn exchange<'a>(&'a self, token: &'a IdToken) -> BoxFuture<'a, Result<Session, StsError>>;
+    /// The role assumed, for messages.
+    fn role_arn(&self) -> &str;
+    /// The RoleSessionName sent, for the log.
+    fn session_name(&self) -> &str;
+}
+
+/// STS AssumeRoleWithWebIdentity.
+pub struct StsExchanger {
     client: aws_sdk_sts::Client,
     cfg: StsConfig,
 }
 
-impl Exchanger {
+impl StsExchanger {
     pub fn new(cfg: StsConfig) -> Self {
         let mut b = aws_sdk_sts::Config::builder()
             .behavior_version(aws_sdk_sts::config::BehaviorVersion::latest())
@@ -72,17 +84,13 @@ impl Exchanger {
             b = b.endpoint_url(url);
         }
         // No credentials provider: AssumeRoleWithWebIdentity goes out unsigned.
-        Exchanger {
+        StsExchanger {
             client: aws_sdk_sts::Client::from_conf(b.build()),
             cfg,
         }
     }
 
-    pub fn config(&self) -> &StsConfig {
-        &self.cfg
-    }
-
-    pub async fn exchange(&self, token: &IdToken) -> Result<Session, StsError> {
+    pub async fn assume_role(&self, token: &IdToken) -> Result<Session, StsError> {
         let out = self
             .client
             .assume_role_with_web_identity()
@@ -129,6 +137,20 @@ impl Exchanger {
                 .map(str::to_string)
                 .unwrap_or_else(|| token.claims.iss.clone()),
         })
+    }
+}
+
+impl Exchanger for StsExchanger {
+    fn exchange<'a>(&'a self, token: &'a IdToken) -> BoxFuture<'a, Result<Session, StsError>> {
+        Box::pin(self.assume_role(token))
+    }
+
+    fn role_arn(&self) -> &str {
+        &self.cfg.role_arn
+    }
+
+    fn session_name(&self) -> &str {
+        &self.cfg.session_name
     }
 }
 

@@ -4,9 +4,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use zeroize::Zeroizing;
 
-use super::jwt::{IdToken, now_unix};
+use super::jwt::IdToken;
 
 /// Default metadata server host, overridable with `GCE_METADATA_HOST` (as Google's libraries do).
 pub const DEFAULT_METADATA_HOST: &str = "metadata.google.internal";
@@ -33,6 +34,30 @@ impl TokenError {
                 | TokenError::File { .. }
         )
     }
+}
+
+/// Where the refresher gets identity tokens. A boxed future keeps the trait usable as
+/// `dyn TokenSource` (the mode is chosen at run time; tests put fakes in its place).
+pub trait TokenSource: Send + Sync {
+    /// A token as the source has it now: the metadata server mints a new one, a file is
+    /// read again.
+    fn identity_token(&self) -> BoxFuture<'_, Result<IdToken, TokenError>>;
+    /// Which source, for messages (`GCP metadata server URL`, `token file PATH`).
+    fn describe(&self) -> String;
+    /// Whether one token may serve several exchanges while it lasts: yes where each call
+    /// mints a new one (GCP), no for a file that something else rotates.
+    fn reuse_tokens(&self) -> bool;
+}
+
+/// A token that has expired already, refused before it goes to STS (`now` in unix seconds).
+pub fn unexpired(t: IdToken, from: &dyn TokenSource, now: u64) -> Result<IdToken, TokenError> {
+    if t.claims.exp != 0 && t.remaining(now) == 0 {
+        return Err(TokenError::Invalid {
+            from: from.describe(),
+            why: format!("the token expired at {} (unix time)", t.claims.exp),
+        });
+    }
+    Ok(t)
 }
 
 /// The GCP metadata server.
@@ -132,7 +157,7 @@ impl GcpMetadata {
     }
 
     /// A new ID token for this service account with our audience.
-    pub async fn identity_token(&self) -> Result<IdToken, TokenError> {
+    pub async fn mint_identity_token(&self) -> Result<IdToken, TokenError> {
         let body = self
             .get(
                 "instance/service-accounts/default/identity",
@@ -164,7 +189,7 @@ pub struct TokenFile {
 }
 
 impl TokenFile {
-    pub async fn identity_token(&self) -> Result<IdToken, TokenError> {
+    pub async fn read_identity_token(&self) -> Result<IdToken, TokenError> {
         let err = |why: String| TokenError::File {
             path: self.path.display().to_string(),
             why,
@@ -183,32 +208,30 @@ impl TokenFile {
     }
 }
 
-/// Either source.
-#[derive(Clone, Debug)]
-pub enum TokenSource {
-    Gcp(GcpMetadata),
-    File(TokenFile),
-}
-
-impl TokenSource {
-    pub async fn identity_token(&self) -> Result<IdToken, TokenError> {
-        let t = match self {
-            TokenSource::Gcp(g) => g.identity_token().await?,
-            TokenSource::File(f) => f.identity_token().await?,
-        };
-        if t.claims.exp != 0 && t.remaining(now_unix()) == 0 {
-            return Err(TokenError::Invalid {
-                from: self.describe(),
-                why: format!("the token expired at {} (unix time)", t.claims.exp),
-            });
-        }
-        Ok(t)
+impl TokenSource for GcpMetadata {
+    fn identity_token(&self) -> BoxFuture<'_, Result<IdToken, TokenError>> {
+        Box::pin(self.mint_identity_token())
     }
 
-    pub fn describe(&self) -> String {
-        match self {
-            TokenSource::Gcp(g) => format!("GCP metadata server {}", g.base),
-            TokenSource::File(f) => format!("token file {}", f.path.display()),
-        }
+    fn describe(&self) -> String {
+        format!("GCP metadata server {}", self.base)
+    }
+
+    fn reuse_tokens(&self) -> bool {
+        true
+    }
+}
+
+impl TokenSource for TokenFile {
+    fn identity_token(&self) -> BoxFuture<'_, Result<IdToken, TokenError>> {
+        Box::pin(self.read_identity_token())
+    }
+
+    fn describe(&self) -> String {
+        format!("token file {}", self.path.display())
+    }
+
+    fn reuse_tokens(&self) -> bool {
+        false
     }
 }

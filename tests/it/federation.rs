@@ -221,29 +221,26 @@ impl<'a> Reader<'a> {
         self.rounds += 1;
         let t = Instant::now();
         for (k, v) in self.small.clone() {
-            self.reads += 1;
-            if let Err(e) = read_file(self.m, k, v) {
-                self.failures.push(format!(
-                    "{k} at round {}: {e} ({:?})",
-                    self.rounds,
-                    e.kind()
-                ));
-            }
+            self.record(k, read_file(self.m, k, v));
         }
         for i in 0..3 {
-            self.reads += 1;
             let (k, v) = self.big;
-            if let Err(e) = read_piece(self.m, k, v, self.rounds * 3 + i) {
-                self.failures.push(format!(
-                    "{k} at round {}: {e} ({:?})",
-                    self.rounds,
-                    e.kind()
-                ));
-            }
+            self.record(k, read_piece(self.m, k, v, self.rounds * 3 + i));
         }
         // About 5 rounds a second: continuous, without hammering the server.
         if let Some(rest) = Duration::from_millis(200).checked_sub(t.elapsed()) {
             std::thread::sleep(rest);
+        }
+    }
+
+    fn record(&mut self, key: &str, read: std::io::Result<()>) {
+        self.reads += 1;
+        if let Err(e) = read {
+            self.failures.push(format!(
+                "{key} at round {}: {e} ({:?})",
+                self.rounds,
+                e.kind()
+            ));
         }
     }
 
@@ -267,6 +264,17 @@ impl<'a> Reader<'a> {
                 return false;
             }
         }
+    }
+
+    /// Reads until the daemon logs a line with `needle` after `mark` (within 30 s): that
+    /// line; `when` says in a failure what was being waited for.
+    fn until_logged(&mut self, mark: usize, needle: &str, when: &str) -> String {
+        let m = self.m;
+        let seen = self.run_until(Duration::from_secs(30), || {
+            log_since(m, mark).contains(needle)
+        });
+        assert!(seen, "no '{needle}' {when}; log:\n{}", log_of(m));
+        lines_with(&log_since(m, mark), needle)[0].clone()
     }
 
     fn assert_no_failures(&self, when: &str) {
@@ -335,6 +343,12 @@ fn run_daemon(
     }
     let err = plain(&std::fs::read_to_string(&errpath).unwrap_or_default());
     (status, err, elapsed, mounted)
+}
+
+/// Stops the daemon: a clean exit, and none of `sec` in its log.
+fn stop_leaving_no_secret(m: &mut Mount, sec: &[(String, String)]) {
+    assert_eq!(m.stop().code(), Some(0), "log:\n{}", log_of(m));
+    assert_no_secret("the log", m.log_text().as_bytes(), sec);
 }
 
 /// The `s3-oidc-mount: error: ...` line of a refusal: exactly one, and no ERROR-level log line.
@@ -577,15 +591,7 @@ fn renews_while_reading_and_rides_out_an_identity_provider_outage() {
     let asked = w.idp.identity_requests();
     let mark = log_mark(&m);
     w.idp.set_mode(IdentityMode::Fail);
-    let warned = r.run_until(Duration::from_secs(30), || {
-        log_since(&m, mark).contains(STILL_SERVING)
-    });
-    assert!(
-        warned,
-        "no '{STILL_SERVING}' within 30 s of the outage; log:\n{}",
-        log_of(&m)
-    );
-    let warn = lines_with(&log_since(&m, mark), STILL_SERVING)[0].clone();
+    let warn = r.until_logged(mark, STILL_SERVING, "within 30 s of the outage");
     assert!(warn.contains(" WARN "), "{warn}");
     assert!(
         warn.contains("cannot get an identity token") && warn.contains("metadata server"),
@@ -602,13 +608,10 @@ fn renews_while_reading_and_rides_out_an_identity_provider_outage() {
     // Back: a later renewal succeeds.
     let mark = log_mark(&m);
     w.idp.set_mode(IdentityMode::Normal);
-    let renewed = r.run_until(Duration::from_secs(30), || {
-        log_since(&m, mark).contains(OBTAINED)
-    });
-    assert!(
-        renewed,
-        "no renewal within 30 s after the metadata server came back; log:\n{}",
-        log_of(&m)
+    r.until_logged(
+        mark,
+        OBTAINED,
+        "(no renewal) within 30 s after the metadata server came back",
     );
     let after = obtained_reasons(&log_since(&m, mark));
     assert_eq!(after[0], "scheduled", "{after:?}");
@@ -617,8 +620,7 @@ fn renews_while_reading_and_rides_out_an_identity_provider_outage() {
 
     let sec = secrets(&w.idp.tokens_served(), &w.proxy);
     let log = log_of(&m);
-    assert_eq!(m.stop().code(), Some(0), "log:\n{log}");
-    assert_no_secret("the log", m.log_text().as_bytes(), &sec);
+    stop_leaving_no_secret(&mut m, &sec);
     eprintln!(
         "renewals: {} STS requests over {} connections; reasons {:?}",
         w.proxy.request_count(),
@@ -782,149 +784,166 @@ fn expired_credentials_fail_reads_with_eacces_until_sts_answers_again() {
     }
 
     let sec = secrets(&w.idp.tokens_served(), &w.proxy);
-    assert_eq!(m.stop().code(), Some(0), "log:\n{}", log_of(&m));
-    assert_no_secret("the log", m.log_text().as_bytes(), &sec);
+    stop_leaving_no_secret(&mut m, &sec);
 }
 
 // ---- 4. refused at mount ----
+
+/// A mount that must be refused: exit status 1, nothing mounted, within `within`, and one
+/// error line that contains each of `says`.
+struct Refusal {
+    case: String,
+    source: String,
+    args: Vec<String>,
+    spawn: Spawn,
+    within: Duration,
+    says: Vec<String>,
+    /// Checks of what the stand-ins saw, given stderr; it owns them, so they stay up until then.
+    then: Box<dyn FnOnce(&str)>,
+}
+
+fn assert_refused(r: Refusal) {
+    let case = r.case.as_str();
+    let (st, err, took, mounted) =
+        run_daemon(&r.source, &r.args, &r.spawn, Duration::from_secs(60));
+    assert_eq!(st.code(), Some(1), "{case}: {err}");
+    assert!(!mounted, "{case}: left mounted");
+    let line = the_error_line(case, &err);
+    for s in &r.says {
+        assert!(line.contains(s.as_str()), "{case}: {line}");
+    }
+    (r.then)(&err);
+    assert!(took < r.within, "{case}: took {took:?}");
+    eprintln!("{case}: refused after {took:?}");
+}
+
+/// RGW's STS rejects the token (AccessDenied): at once, not retried, said in the one line
+/// of stderr that mentions an error, with no secret in it; `also` checks the stand-ins more.
+fn sts_rejection(
+    case: &str,
+    w: World,
+    args: Vec<String>,
+    says: &[&str],
+    also: fn(&World),
+) -> Refusal {
+    let mut says: Vec<String> = says.iter().map(|s| s.to_string()).collect();
+    says.insert(0, "AccessDenied".into());
+    let name = case.to_string();
+    Refusal {
+        case: name.clone(),
+        source: w.source(),
+        args,
+        spawn: keyless(&w.idp.host_port()),
+        within: Duration::from_secs(15),
+        says,
+        then: Box::new(move |err| {
+            let case = name;
+            assert_eq!(
+                err.lines().filter(|l| l.contains("error")).count(),
+                1,
+                "{case}: {err}"
+            );
+            also(&w);
+            assert_eq!(w.proxy.request_count(), 1, "{case}: a rejection is final");
+            assert_no_secret(
+                "stderr",
+                err.as_bytes(),
+                &secrets(&w.idp.tokens_served(), &w.proxy),
+            );
+        }),
+    }
+}
+
+/// The metadata server fails, or hangs: a few tries, then a clear error; STS never asked.
+fn metadata_failure(mode: IdentityMode) -> Refusal {
+    let idp = Idp::start();
+    idp.set_mode(mode);
+    let proxy = StsProxy::start();
+    let args = strings(&[
+        "--credentials",
+        "gcp",
+        "--role-arn",
+        "arn:aws:iam:::role/never-assumed",
+        "--audience",
+        AUD,
+        "--sts-endpoint-url",
+        &proxy.url(),
+    ]);
+    let case = format!("metadata server {mode:?}");
+    let hang = mode == IdentityMode::Hang;
+    let mut says = vec!["cannot get an identity token".to_string()];
+    if hang {
+        says.push("timed out".into());
+    }
+    Refusal {
+        case: case.clone(),
+        source: "s3://fed-no-such-bucket".into(),
+        args,
+        spawn: keyless(&idp.host_port()),
+        within: Duration::from_secs(if hang { 35 } else { 15 }),
+        says,
+        then: Box::new(move |err| {
+            assert_eq!(idp.identity_requests(), 3, "{case}: 3 attempts; {err}");
+            assert_eq!(
+                proxy.request_count(),
+                0,
+                "{case}: STS asked without a token"
+            );
+        }),
+    }
+}
 
 #[test]
 fn refused_at_mount_with_one_clear_error_and_nothing_mounted() {
     need_rgw!();
     const WRONG_AUD: &str = "https://not-registered.test/aud";
     const OTHER_SUB: &str = "999000111222333444555";
-    std::thread::scope(|s| {
-        // A wrong audience: RGW rejects the token (AccessDenied), at once, not retried.
-        s.spawn(|| {
+    // Each case sets up its own stand-ins, in its own thread.
+    let cases: [fn() -> Refusal; 5] = [
+        || {
             let w = World::new("fed-rej-aud", vec![]);
             let mut args = w.gcp_args();
             let i = args.iter().position(|a| a == AUD).unwrap();
             args[i] = WRONG_AUD.into();
-            let (st, err, took, mounted) = run_daemon(
-                &w.source(),
-                &args,
-                &keyless(&w.idp.host_port()),
-                Duration::from_secs(60),
-            );
-            let case = "wrong audience";
-            assert_eq!(st.code(), Some(1), "{case}: {err}");
-            assert!(!mounted, "{case}: left mounted");
-            assert!(took < Duration::from_secs(15), "{case}: took {took:?}");
-            let line = the_error_line(case, &err);
-            assert_eq!(
-                err.lines().filter(|l| l.contains("error")).count(),
-                1,
-                "{case}: {err}"
-            );
-            assert!(line.contains("AccessDenied"), "{case}: {line}");
-            assert!(line.contains(&format!("aud={WRONG_AUD}")), "{case}: {line}");
-            assert_eq!(w.idp.last_audience().as_deref(), Some(WRONG_AUD));
-            assert_eq!(w.proxy.request_count(), 1, "{case}: a rejection is final");
-            assert_no_secret(
-                "stderr",
-                err.as_bytes(),
-                &secrets(&w.idp.tokens_served(), &w.proxy),
-            );
-        });
+            let aud = format!("aud={WRONG_AUD}");
+            sts_rejection("wrong audience", w, args, &[&aud], |w| {
+                assert_eq!(w.idp.last_audience().as_deref(), Some(WRONG_AUD));
+            })
+        },
         // A service account the role does not trust.
-        s.spawn(|| {
+        || {
             let w = World::new("fed-rej-sub", vec![]);
             w.idp.set_subject(OTHER_SUB);
-            let (st, err, took, mounted) = run_daemon(
-                &w.source(),
-                &w.gcp_args(),
-                &keyless(&w.idp.host_port()),
-                Duration::from_secs(60),
-            );
-            let case = "untrusted subject";
-            assert_eq!(st.code(), Some(1), "{case}: {err}");
-            assert!(!mounted, "{case}: left mounted");
-            assert!(took < Duration::from_secs(15), "{case}: took {took:?}");
-            let line = the_error_line(case, &err);
-            assert_eq!(
-                err.lines().filter(|l| l.contains("error")).count(),
-                1,
-                "{case}: {err}"
-            );
-            assert!(line.contains("AccessDenied"), "{case}: {line}");
-            assert!(line.contains(&format!("sub={OTHER_SUB}")), "{case}: {line}");
-            assert!(line.contains(&format!("aud={AUD}")), "{case}: {line}");
-            assert_eq!(w.proxy.request_count(), 1, "{case}: a rejection is final");
-            assert_no_secret(
-                "stderr",
-                err.as_bytes(),
-                &secrets(&w.idp.tokens_served(), &w.proxy),
-            );
-        });
-        // The metadata server fails, or hangs: a few tries, then a clear error.
-        for mode in [IdentityMode::Fail, IdentityMode::Hang] {
-            s.spawn(move || {
-                let idp = Idp::start();
-                idp.set_mode(mode);
-                let proxy = StsProxy::start();
-                let args = strings(&[
-                    "--credentials",
-                    "gcp",
-                    "--role-arn",
-                    "arn:aws:iam:::role/never-assumed",
-                    "--audience",
-                    AUD,
-                    "--sts-endpoint-url",
-                    &proxy.url(),
-                ]);
-                let (st, err, took, mounted) = run_daemon(
-                    "s3://fed-no-such-bucket",
-                    &args,
-                    &keyless(&idp.host_port()),
-                    Duration::from_secs(60),
-                );
-                let case = format!("metadata server {mode:?}");
-                assert_eq!(st.code(), Some(1), "{case}: {err}");
-                assert!(!mounted, "{case}: left mounted");
-                let line = the_error_line(&case, &err);
-                assert!(
-                    line.contains("cannot get an identity token"),
-                    "{case}: {line}"
-                );
-                assert_eq!(idp.identity_requests(), 3, "{case}: 3 attempts; {err}");
-                assert_eq!(
-                    proxy.request_count(),
-                    0,
-                    "{case}: STS asked without a token"
-                );
-                let bound = match mode {
-                    IdentityMode::Hang => {
-                        assert!(line.contains("timed out"), "{case}: {line}");
-                        Duration::from_secs(35)
-                    }
-                    _ => Duration::from_secs(15),
-                };
-                assert!(took < bound, "{case}: took {took:?}");
-                eprintln!("{case}: refused after {took:?}");
-            });
-        }
+            let args = w.gcp_args();
+            let (sub, aud) = (format!("sub={OTHER_SUB}"), format!("aud={AUD}"));
+            sts_rejection("untrusted subject", w, args, &[&sub, &aud], |_| {})
+        },
+        || metadata_failure(IdentityMode::Fail),
+        || metadata_failure(IdentityMode::Hang),
         // gcp without a role.
-        s.spawn(|| {
+        || {
             let idp = Idp::start();
-            let args = strings(&["--credentials", "gcp", "--audience", AUD]);
-            let (st, err, took, mounted) = run_daemon(
-                "s3://fed-no-such-bucket",
-                &args,
-                &keyless(&idp.host_port()),
-                Duration::from_secs(60),
-            );
-            let case = "no --role-arn";
-            assert_eq!(st.code(), Some(1), "{case}: {err}");
-            assert!(!mounted, "{case}: left mounted");
-            assert!(took < Duration::from_secs(15), "{case}: took {took:?}");
-            let line = the_error_line(case, &err);
-            assert!(line.contains("--role-arn"), "{case}: {line}");
-            assert_eq!(
-                idp.identity_requests(),
-                0,
-                "{case}: asked for a token it cannot use"
-            );
-        });
+            Refusal {
+                case: "no --role-arn".into(),
+                source: "s3://fed-no-such-bucket".into(),
+                args: strings(&["--credentials", "gcp", "--audience", AUD]),
+                spawn: keyless(&idp.host_port()),
+                within: Duration::from_secs(15),
+                says: vec!["--role-arn".into()],
+                then: Box::new(move |_| {
+                    assert_eq!(
+                        idp.identity_requests(),
+                        0,
+                        "no --role-arn: asked for a token it cannot use"
+                    );
+                }),
+            }
+        },
+    ];
+    std::thread::scope(|s| {
+        for case in cases {
+            s.spawn(move || assert_refused(case()));
+        }
     });
 }
 
@@ -991,15 +1010,7 @@ fn token_file_is_read_again_for_each_renewal() {
     let mark = log_mark(&m);
     let garbage = "this is not a token\n";
     write_token_file(&path, garbage);
-    let warned = r.run_until(Duration::from_secs(30), || {
-        log_since(&m, mark).contains(STILL_SERVING)
-    });
-    assert!(
-        warned,
-        "no '{STILL_SERVING}' after the token file went bad; log:\n{}",
-        log_of(&m)
-    );
-    let warn = lines_with(&log_since(&m, mark), STILL_SERVING)[0].clone();
+    let warn = r.until_logged(mark, STILL_SERVING, "after the token file went bad");
     assert!(
         warn.contains("token file") && warn.contains(path.to_str().unwrap()),
         "the warning does not name the token file: {warn}"
@@ -1021,14 +1032,7 @@ fn token_file_is_read_again_for_each_renewal() {
     assert_ne!(fresh, first);
     let mark = log_mark(&m);
     write_token_file(&path, &fresh);
-    let renewed = r.run_until(Duration::from_secs(30), || {
-        log_since(&m, mark).contains(OBTAINED)
-    });
-    assert!(
-        renewed,
-        "no renewal with the fresh token; log:\n{}",
-        log_of(&m)
-    );
+    r.until_logged(mark, OBTAINED, "(no renewal) with the fresh token");
     assert!(
         w.proxy
             .requests()
@@ -1040,8 +1044,7 @@ fn token_file_is_read_again_for_each_renewal() {
     r.assert_no_failures("after the token file was fixed");
 
     let sec = secrets(&[first, fresh], &w.proxy);
-    assert_eq!(m.stop().code(), Some(0), "log:\n{}", log_of(&m));
-    assert_no_secret("the log", m.log_text().as_bytes(), &sec);
+    stop_leaving_no_secret(&mut m, &sec);
 }
 
 #[test]
@@ -1086,6 +1089,5 @@ fn auto_mode_picks_the_token_file_from_the_environment() {
     }));
     assert_eq!(w.idp.identity_requests(), 0);
     let sec = secrets(&[token], &w.proxy);
-    assert_eq!(m.stop().code(), Some(0), "log:\n{}", log_of(&m));
-    assert_no_secret("the log", m.log_text().as_bytes(), &sec);
+    stop_leaving_no_secret(&mut m, &sec);
 }

@@ -126,6 +126,64 @@ fn assert_rejected(
     f
 }
 
+/// Asserts that STS accepted the exchange; returns its answer.
+fn accepted(what: &str, res: Result<iam::AssumeOutput, StsFailure>) -> iam::AssumeOutput {
+    res.unwrap_or_else(|f| panic!("{what}: {}", f.error))
+}
+
+/// What an exchange must give: accepted (`None`), or refused with this status and code.
+type Outcome = Option<(u16, &'static str)>;
+const ACCEPTED: Outcome = None;
+const DENIED: Outcome = Some((403, "AccessDenied"));
+const INVALID: Outcome = Some((400, "InvalidArgument"));
+
+/// Asserts that `res` is `want`; the answer, if accepted.
+fn assert_outcome(
+    what: &str,
+    res: Result<iam::AssumeOutput, StsFailure>,
+    want: Outcome,
+) -> Option<iam::AssumeOutput> {
+    match want {
+        None => Some(accepted(what, res)),
+        Some((status, code)) => {
+            assert_rejected(what, res, status, code);
+            None
+        }
+    }
+}
+
+/// A new role of the provider at `provider` (host:port) that trusts tokens meeting
+/// `conditions` and allows `permissions`: what exchanging `token` for it gives.
+async fn assume_new_role(
+    iam: &Iam,
+    provider: &str,
+    conditions: &[(&str, &str)],
+    permissions: &str,
+    token: &str,
+) -> Result<iam::AssumeOutput, StsFailure> {
+    let role = iam::create_web_identity_role(iam, provider, conditions, permissions, None)
+        .await
+        .unwrap();
+    iam::assume_role_with_web_identity(&role.arn, token, None, None).await
+}
+
+/// Asserts that S3 refused a call with 403 AccessDenied.
+fn assert_denied<T, E: ProvideErrorMetadata>(
+    what: &str,
+    res: Result<T, SdkError<E, HttpResponse>>,
+) {
+    match res {
+        Ok(_) => panic!("{what}: allowed"),
+        Err(e) => assert_eq!(s3_failure(e), (403, "AccessDenied".into()), "{what}"),
+    }
+}
+
+/// The HTTP status of a HEAD of `key`, which must fail.
+async fn head_failure_status(s3: &aws_sdk_s3::Client, bucket: &str, key: &str) -> u16 {
+    let head = s3.head_object().bucket(bucket).key(key).send().await;
+    head.unwrap_err().raw_response().unwrap().status().as_u16()
+}
+
 fn assert_expires_in(o: &iam::AssumeOutput, secs: i64) {
     let exp = o.credentials().expect("credentials").expiration().secs();
     let now = idp::now_secs();
@@ -475,7 +533,7 @@ fn token_from_stand_in_buys_credentials_that_read_the_bucket() {
             .body(b"x".to_vec().into())
             .send()
             .await;
-        assert_eq!(s3_failure(put.unwrap_err()), (403, "AccessDenied".into()));
+        assert_denied("put", put);
     });
 }
 
@@ -572,45 +630,45 @@ fn rgw_rejects_bad_tokens_and_unmet_trust_conditions() {
         }
 
         // Another service account (sub) than the role's condition.
-        idp.set_subject("999999999999999999999");
+        const OTHER_SUB: &str = "999999999999999999999";
+        idp.set_subject(OTHER_SUB);
         let other = fetch_token(&idp, AUD).await;
         assert_rejected("another subject", assume(other).await, 403, "AccessDenied");
-        // And a role trusting that other subject accepts it.
-        let role2 = iam::create_web_identity_role(
-            &iam,
-            &idp.host_port(),
-            &[("app_id", AUD), ("sub", "999999999999999999999")],
-            &read,
-            None,
-        )
-        .await
-        .unwrap();
-        iam::assume_role_with_web_identity(&role2.arn, &idp.mint(AUD), None, None)
-            .await
-            .unwrap_or_else(|f| panic!("role for the other subject: {}", f.error));
 
-        // A token without `sub` for a role without conditions: the trust policy passes, then
-        // the request is refused for the missing subject.
-        let open = iam::create_web_identity_role(&iam, &idp.host_port(), &[], &read, None)
-            .await
-            .unwrap();
-        assert_rejected(
-            "no sub claim, role without conditions",
-            iam::assume_role_with_web_identity(&open.arn, &no_sub, None, None).await,
-            400,
-            "InvalidArgument",
-        );
-
-        // A role of an unknown provider.
-        let stray = iam::create_web_identity_role(&iam, "127.0.0.1:9", &[], &read, None)
-            .await
-            .unwrap();
-        assert_rejected(
-            "role trusts another provider",
-            iam::assume_role_with_web_identity(&stray.arn, &idp.mint(AUD), None, None).await,
-            403,
-            "AccessDenied",
-        );
+        /// What, provider, trust conditions, token, outcome.
+        type RoleCase<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], String, Outcome);
+        let here = idp.host_port();
+        let roles: [RoleCase; 3] = [
+            // A role trusting that other subject accepts it.
+            (
+                "role for the other subject",
+                &here,
+                &[("app_id", AUD), ("sub", OTHER_SUB)],
+                idp.mint(AUD),
+                ACCEPTED,
+            ),
+            // A token without `sub` for a role without conditions: the trust policy
+            // passes, then the request is refused for the missing subject.
+            (
+                "no sub claim, role without conditions",
+                &here,
+                &[],
+                no_sub,
+                INVALID,
+            ),
+            // A role of an unknown provider.
+            (
+                "role trusts another provider",
+                "127.0.0.1:9",
+                &[],
+                idp.mint(AUD),
+                DENIED,
+            ),
+        ];
+        for (what, provider, conditions, token, want) in roles {
+            let res = assume_new_role(&iam, provider, conditions, &read, &token).await;
+            assert_outcome(what, res, want);
+        }
     });
 }
 
@@ -629,6 +687,7 @@ fn trust_condition_keys_are_the_token_claims_plus_app_id() {
         let sub = idp.subject();
         let issuer = idp.issuer();
         let read = iam::s3_read_policy(&bucket, None);
+        let mut cases: Vec<(&str, &str, Outcome)> = Vec::new();
         for (key, value) in [
             ("app_id", AUD),
             ("aud", AUD),
@@ -637,27 +696,16 @@ fn trust_condition_keys_are_the_token_claims_plus_app_id() {
             ("iss", issuer.as_str()),
             ("email", "sa@test-project.iam.gserviceaccount.com"),
         ] {
-            for (v, ok) in [(value, true), ("something-else", false)] {
-                let role =
-                    iam::create_web_identity_role(&iam, &idp.host_port(), &[(key, v)], &read, None)
-                        .await
-                        .unwrap();
-                let res = iam::assume_role_with_web_identity(&role.arn, &token, None, None).await;
-                let what = format!("condition {}:{key} = {v}", idp.host_port());
-                if ok {
-                    res.unwrap_or_else(|f| panic!("{what}: {}", f.error));
-                } else {
-                    assert_rejected(&what, res, 403, "AccessDenied");
-                }
-            }
+            cases.push((key, value, ACCEPTED));
+            cases.push((key, "something-else", DENIED));
         }
         // AWS's Google keys do not exist here: a condition on one is never met.
-        let role =
-            iam::create_web_identity_role(&iam, &idp.host_port(), &[("oaud", AUD)], &read, None)
-                .await
-                .unwrap();
-        let res = iam::assume_role_with_web_identity(&role.arn, &token, None, None).await;
-        assert_rejected("condition on :oaud", res, 403, "AccessDenied");
+        cases.push(("oaud", AUD, DENIED));
+        for (key, v, want) in cases {
+            let res = assume_new_role(&iam, &idp.host_port(), &[(key, v)], &read, &token).await;
+            let what = format!("condition {}:{key} = {v}", idp.host_port());
+            assert_outcome(&what, res, want);
+        }
     });
 }
 
@@ -721,9 +769,10 @@ fn temporary_credentials_need_their_session_token() {
     block_on(async {
         let bucket = bucket_with("fed-tok", &["k"]).await;
         let role = iam::federate(&idp, AUD, &bucket, None).await;
-        let out = iam::assume_role_with_web_identity(&role.arn, &idp.mint(AUD), None, None)
-            .await
-            .unwrap_or_else(|f| panic!("exchange: {}", f.error));
+        let out = accepted(
+            "exchange",
+            iam::assume_role_with_web_identity(&role.arn, &idp.mint(AUD), None, None).await,
+        );
         let c = out.credentials().unwrap();
         let list = |client: aws_sdk_s3::Client| {
             let bucket = bucket.clone();
@@ -803,14 +852,8 @@ fn session_policy_narrows_the_role() {
         let s3 = iam::s3_client_with(out.credentials().unwrap());
         let get = |key: &'static str| s3.get_object().bucket(&bucket).key(key).send();
         get("a/1").await.expect("inside the session policy");
-        assert_eq!(
-            s3_failure(get("b/1").await.unwrap_err()),
-            (403, "AccessDenied".into())
-        );
-        assert_eq!(
-            s3_failure(get("top").await.unwrap_err()),
-            (403, "AccessDenied".into())
-        );
+        assert_denied("get b/1", get("b/1").await);
+        assert_denied("get top", get("top").await);
         let list = |prefix: Option<&'static str>| {
             s3.list_objects_v2()
                 .bucket(&bucket)
@@ -818,25 +861,10 @@ fn session_policy_narrows_the_role() {
                 .send()
         };
         assert_eq!(list(Some("a/")).await.unwrap().key_count(), Some(2));
-        assert_eq!(
-            s3_failure(list(Some("b/")).await.unwrap_err()),
-            (403, "AccessDenied".into())
-        );
-        assert_eq!(
-            s3_failure(list(None).await.unwrap_err()),
-            (403, "AccessDenied".into())
-        );
+        assert_denied("list b/", list(Some("b/")).await);
+        assert_denied("list", list(None).await);
         // The role grants ListBucket on the whole bucket: HEAD of a missing key is a 404.
-        let head = s3
-            .head_object()
-            .bucket(&bucket)
-            .key("a/missing")
-            .send()
-            .await;
-        assert_eq!(
-            head.unwrap_err().raw_response().unwrap().status().as_u16(),
-            404
-        );
+        assert_eq!(head_failure_status(&s3, &bucket, "a/missing").await, 404);
 
         // A malformed session policy.
         let res =
@@ -858,9 +886,10 @@ fn prefix_scoped_role_answers_403_for_a_missing_key() {
     block_on(async {
         let bucket = bucket_with("fed-pfx", &["a/1", "b/1"]).await;
         let role = iam::federate(&idp, AUD, &bucket, Some("a/")).await;
-        let out = iam::assume_role_with_web_identity(&role.arn, &idp.mint(AUD), None, None)
-            .await
-            .unwrap_or_else(|f| panic!("exchange: {}", f.error));
+        let out = accepted(
+            "exchange",
+            iam::assume_role_with_web_identity(&role.arn, &idp.mint(AUD), None, None).await,
+        );
         let s3 = iam::s3_client_with(out.credentials().unwrap());
         s3.get_object()
             .bucket(&bucket)
@@ -878,18 +907,9 @@ fn prefix_scoped_role_answers_403_for_a_missing_key() {
             .expect("list a/");
         assert_eq!(listed.key_count(), Some(1));
         let get_b = s3.get_object().bucket(&bucket).key("b/1").send().await;
-        assert_eq!(s3_failure(get_b.unwrap_err()), (403, "AccessDenied".into()));
+        assert_denied("get b/1", get_b);
         // ListBucket only under a prefix condition: HEAD of a missing key is 403, not 404.
-        let head = s3
-            .head_object()
-            .bucket(&bucket)
-            .key("a/missing")
-            .send()
-            .await;
-        assert_eq!(
-            head.unwrap_err().raw_response().unwrap().status().as_u16(),
-            403
-        );
+        assert_eq!(head_failure_status(&s3, &bucket, "a/missing").await, 403);
     });
 }
 
@@ -905,26 +925,6 @@ fn duration_seconds_limits_and_returned_expiration() {
             let token = idp.mint(AUD);
             async move { iam::assume_role_with_web_identity(&arn, &token, d, None).await }
         };
-        // Default role (MaxSessionDuration 3600): 900..=3600, default 3600.
-        for (d, ok) in [
-            (0, false),
-            (899, false),
-            (900, true),
-            (3600, true),
-            (3601, false),
-        ] {
-            let res = assume(role.arn.clone(), Some(d)).await;
-            if ok {
-                assert_expires_in(
-                    &res.unwrap_or_else(|f| panic!("{d}: {}", f.error)),
-                    d as i64,
-                );
-            } else {
-                assert_rejected(&format!("DurationSeconds={d}"), res, 400, "InvalidArgument");
-            }
-        }
-        assert_expires_in(&assume(role.arn.clone(), None).await.unwrap(), 3600);
-
         // MaxSessionDuration: 900..=43200 at CreateRole; DurationSeconds up to it.
         let trust = iam::web_identity_trust_policy(&idp.host_port(), &[("app_id", AUD)]);
         for bad in [899, 43201] {
@@ -943,9 +943,23 @@ fn duration_seconds_limits_and_returned_expiration() {
         )
         .await
         .unwrap();
-        let res = assume(long.arn.clone(), Some(43200)).await;
-        assert_expires_in(&res.unwrap_or_else(|f| panic!("43200: {}", f.error)), 43200);
-        let res = assume(long.arn.clone(), Some(43201)).await;
-        assert_rejected("DurationSeconds=43201", res, 400, "InvalidArgument");
+        // The default role (MaxSessionDuration 3600) allows 900..=3600, the long one up to
+        // 43200: (role, its MaxSessionDuration, DurationSeconds, outcome).
+        for (arn, max, d, want) in [
+            (&role.arn, 3600, 0, INVALID),
+            (&role.arn, 3600, 899, INVALID),
+            (&role.arn, 3600, 900, ACCEPTED),
+            (&role.arn, 3600, 3600, ACCEPTED),
+            (&role.arn, 3600, 3601, INVALID),
+            (&long.arn, 43200, 43200, ACCEPTED),
+            (&long.arn, 43200, 43201, INVALID),
+        ] {
+            let what = format!("DurationSeconds={d} (MaxSessionDuration {max})");
+            if let Some(out) = assert_outcome(&what, assume(arn.clone(), Some(d)).await, want) {
+                assert_expires_in(&out, d as i64);
+            }
+        }
+        // Without DurationSeconds: 3600.
+        assert_expires_in(&assume(role.arn.clone(), None).await.unwrap(), 3600);
     });
 }
