@@ -15,6 +15,7 @@ use crate::cache::BlockCache;
 use crate::cli::Source;
 use crate::fs::{Fs, FsConfig};
 use crate::fuse::FuseAdapter;
+use crate::http::serve::Serving;
 use crate::http::{self, HttpError, Status};
 use crate::store::s3::{S3Options, S3Store};
 use crate::store::{ListFrom, ObjectStore, StoreError};
@@ -356,7 +357,7 @@ pub struct Mounted {
     session: Option<fuser::BackgroundSession>,
     pub mountpoint: PathBuf,
     status: Arc<Status>,
-    http: Option<tokio::task::JoinHandle<()>>,
+    http: Option<Serving>,
 }
 
 /// Checks everything, then mounts (`prepare`, then `attach`).
@@ -371,7 +372,7 @@ pub struct Prepared {
     store: Arc<S3Store>,
     started: Instant,
     status: Arc<Status>,
-    http: Option<tokio::task::JoinHandle<()>>,
+    http: Option<Serving>,
 }
 
 /// The checks: HTTP port, mountpoint, credentials, one LIST. Nothing is mounted yet, so
@@ -391,29 +392,16 @@ pub async fn prepare(cfg: MountConfig) -> Result<Prepared, MountError> {
         why,
     })?;
     let status = Status::new(&mountpoint, cfg.ready_min_validity);
+    // Served until dropped: every early return below stops it.
     let http = server.map(|s| s.spawn(status.clone()));
-    let abort = |h: &Option<tokio::task::JoinHandle<()>>| {
-        if let Some(h) = h {
-            h.abort();
-        }
-    };
-    let creds = match auth::resolve(&cfg.auth).await {
-        Ok(c) => c,
-        Err(e) => {
-            abort(&http);
-            return Err(e.into());
-        }
-    };
+    let creds = auth::resolve(&cfg.auth).await?;
     status.set_refresher(creds.refresher.clone());
     let store = Arc::new(S3Store::new(
         &cfg.s3,
         creds.provider.clone(),
         creds.sdk_cache,
     ));
-    if let Err(e) = preflight(&*store, &cfg).await {
-        abort(&http);
-        return Err(e);
-    }
+    preflight(&*store, &cfg).await?;
     Ok(Prepared {
         cfg,
         mountpoint,
@@ -435,14 +423,8 @@ impl Prepared {
             status,
             http,
         } = self;
-        let abort = http.as_ref().map(|h| h.abort_handle());
-        let r = attach(cfg.session, mountpoint, store, started, status, http).await;
-        if r.is_err()
-            && let Some(h) = abort
-        {
-            h.abort();
-        }
-        r
+        // On failure `attach` drops the endpoints' server, which stops it.
+        attach(cfg.session, mountpoint, store, started, status, http).await
     }
 }
 
@@ -464,7 +446,7 @@ async fn attach<S: ObjectStore>(
     store: Arc<S>,
     started: Instant,
     status: Arc<Status>,
-    http: Option<tokio::task::JoinHandle<()>>,
+    http: Option<Serving>,
 ) -> Result<Mounted, MountError> {
     let cache = BlockCache::new(cfg.cache_bytes as usize);
     let fs = Fs::new(store, cfg.fs.clone(), cache.clone());
@@ -628,7 +610,7 @@ impl Mounted {
                     if self.ended() {
                         tracing::info!(mountpoint = %self.mountpoint.display(), "unmounted from outside; exiting");
                         self.session = None;
-                        self.finished();
+                        self.finished().await;
                         return Ok(());
                     }
                 }
@@ -673,15 +655,16 @@ impl Mounted {
             tracing::info!(mountpoint = %mp, "unmounted");
         }
         // The summary and the end of the endpoints come whether or not the unmount worked.
-        self.finished();
+        self.finished().await;
         result
     }
 
-    /// The end of the mount: the HTTP endpoints stop, and one summary line says what it did.
-    fn finished(&mut self) {
+    /// The end of the mount: the HTTP endpoints stop (an answer under way gets a moment to
+    /// finish), and one summary line says what it did.
+    async fn finished(&mut self) {
         self.status.set_unmounted();
         if let Some(h) = self.http.take() {
-            h.abort();
+            h.shutdown(Duration::from_secs(1)).await;
         }
         let s = crate::metrics::summary(self.status.cache().map(|c| &**c), self.status.uptime());
         tracing::info!(
