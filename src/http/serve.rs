@@ -4,9 +4,11 @@
 //! keep-alive, bounds on heads, bodies, idle time and connections, and a graceful stop.
 //!
 //! The handler gets the request body read whole (bounded by [`Options::max_body`]) and the
-//! connection it came on as a [`Conn`] in the request's extensions: [`Conn::reset`] drops the
-//! connection with a TCP reset instead of answering (the fault-injecting test proxy needs
-//! that; hyper itself cannot send one).
+//! connection it came on as a [`Conn`] in the request's extensions. Two things hyper cannot
+//! do by itself, for the fault-injecting test proxy: [`Conn::reset`] drops the connection
+//! with a TCP reset instead of answering, and [`Conn::flushed`] tells when what was sent so
+//! far has reached the socket (so a body cut short is cut after those bytes, not before:
+//! hyper drops its unsent buffer when a body fails).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -97,9 +99,19 @@ pub struct Conn {
     pub id: u64,
     pub peer: SocketAddr,
     reset: Arc<AtomicBool>,
+    flushes: watch::Receiver<u64>,
 }
 
 impl Conn {
+    /// Waits until everything hyper has buffered for this connection so far is written to
+    /// the socket. hyper flushes while a response body waits, so a body stream that awaits
+    /// this after yielding a chunk knows the chunk is out.
+    pub async fn flushed(&self) {
+        let mut rx = self.flushes.clone();
+        rx.mark_unchanged();
+        let _ = rx.changed().await;
+    }
+
     /// Ends the connection with a TCP reset and no answer: whatever the handler returns
     /// (this placeholder) is not sent.
     pub fn reset(&self) -> Response<Body> {
@@ -251,10 +263,12 @@ async fn accept_loop<H, F>(
         };
         let _ = stream.set_nodelay(true);
         let reset = Arc::new(AtomicBool::new(false));
+        let (flushed, flushes) = watch::channel(0u64);
         let conn = Conn {
             id,
             peer,
             reset: reset.clone(),
+            flushes,
         };
         let handler = handler.clone();
         let max_body = options.max_body;
@@ -263,7 +277,11 @@ async fn accept_loop<H, F>(
             let conn = conn.clone();
             async move { serve_one(&*handler, conn, req, max_body).await }
         });
-        let io = TokioIo::new(Resettable { stream, reset });
+        let io = TokioIo::new(Tracked {
+            stream,
+            reset,
+            flushed,
+        });
         let served = graceful.watch(http.serve_connection(io, service));
         tasks.spawn(async move {
             if let Err(e) = served.await {
@@ -309,13 +327,15 @@ where
     Ok(resp)
 }
 
-/// A TCP stream that closes with a reset (SO_LINGER 0) when its flag says so.
-struct Resettable {
+/// A TCP stream that counts completed flushes and closes with a reset (SO_LINGER 0) when
+/// its flag says so.
+struct Tracked {
     stream: TcpStream,
     reset: Arc<AtomicBool>,
+    flushed: watch::Sender<u64>,
 }
 
-impl Drop for Resettable {
+impl Drop for Tracked {
     fn drop(&mut self) {
         if self.reset.load(Ordering::SeqCst) {
             let _ = self.stream.set_zero_linger();
@@ -323,7 +343,7 @@ impl Drop for Resettable {
     }
 }
 
-impl AsyncRead for Resettable {
+impl AsyncRead for Tracked {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -333,7 +353,7 @@ impl AsyncRead for Resettable {
     }
 }
 
-impl AsyncWrite for Resettable {
+impl AsyncWrite for Tracked {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -343,7 +363,12 @@ impl AsyncWrite for Resettable {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
+        let r = Pin::new(&mut self.stream).poll_flush(cx);
+        // hyper calls this once its buffer is written out.
+        if let Poll::Ready(Ok(())) = r {
+            self.flushed.send_modify(|n| *n += 1);
+        }
+        r
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
