@@ -77,8 +77,9 @@ pub enum MountError {
     Preflight {
         what: String,
         fix: String,
+        /// None where it would only repeat `what` (no such bucket).
         #[source]
-        source: StoreError,
+        source: Option<StoreError>,
     },
     #[error("credentials")]
     Auth(#[from] AuthError),
@@ -308,8 +309,11 @@ pub async fn preflight<S: ObjectStore>(store: &S, cfg: &MountConfig) -> Result<(
         .endpoint_url
         .clone()
         .unwrap_or_else(|| format!("AWS S3 in {}", cfg.s3.region));
-    let fail =
-        |what: String, fix: String, source: StoreError| MountError::Preflight { what, fix, source };
+    let fail = |what: String, fix: String, source: Option<StoreError>| MountError::Preflight {
+        what,
+        fix,
+        source,
+    };
     match store
         .list_page(&src.prefix, true, ListFrom::Start, Some(1))
         .await
@@ -320,10 +324,10 @@ pub async fn preflight<S: ObjectStore>(store: &S, cfg: &MountConfig) -> Result<(
             }
             Ok(())
         }
-        Err(e @ StoreError::NoSuchBucket) => Err(fail(
+        Err(StoreError::NoSuchBucket) => Err(fail(
             format!("bucket {:?} does not exist at {endpoint}", src.bucket),
             advice::NO_SUCH_BUCKET.into(),
-            e,
+            None,
         )),
         Err(e @ StoreError::AccessDenied { .. }) => {
             let partition = cfg
@@ -336,23 +340,23 @@ pub async fn preflight<S: ObjectStore>(store: &S, cfg: &MountConfig) -> Result<(
             Err(fail(
                 format!("S3 refused to list {src}"),
                 format!("check the credentials and that they allow {permission}"),
-                e,
+                Some(e),
             ))
         }
         Err(e @ StoreError::Credentials(_)) => Err(fail(
             "no usable AWS credentials".into(),
             advice::AWS_CHAIN_EMPTY.into(),
-            e,
+            Some(e),
         )),
         Err(e @ StoreError::Unreachable(_)) => Err(fail(
             format!("cannot reach the S3 endpoint {endpoint}"),
             advice::S3_UNREACHABLE.into(),
-            e,
+            Some(e),
         )),
         Err(e) => Err(fail(
             format!("listing {src} at {endpoint} failed"),
             advice::S3_OTHER.into(),
-            e,
+            Some(e),
         )),
     }
 }
