@@ -41,7 +41,7 @@ use hyper::ext::ReasonPhrase;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use s3_oidc_mount::http::serve::{self, Body, Conn, Options};
+use s3_oidc_mount::http::serve::{self, Body, Conn};
 use tokio::net::TcpStream;
 
 use super::standin::{Port, StandIn, target};
@@ -219,16 +219,9 @@ impl FaultProxy {
             next: AtomicU64::new(1),
         });
         let sh = shared.clone();
-        let server = port.serve(
-            "fault-proxy",
-            // Kept-alive connections idle longer than the daemon's pool keeps them.
-            Options {
-                head_timeout: Duration::from_secs(120),
-                max_body: 64 << 20,
-                ..Options::default()
-            },
-            move |req| handle(sh.clone(), req),
-        );
+        let server = port.serve("fault-proxy", Duration::from_secs(120), move |req| {
+            handle(sh.clone(), req)
+        });
         FaultProxy {
             shared,
             addr,

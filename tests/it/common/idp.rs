@@ -33,7 +33,7 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use bytes::Bytes;
 use hyper::header::HeaderValue;
 use hyper::{Method, Request, StatusCode};
-use s3_oidc_mount::http::serve::{self, Options};
+use s3_oidc_mount::http::serve;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
@@ -297,11 +297,7 @@ impl Idp {
         let sh = shared.clone();
         let server = port.serve(
             &format!("idp-stand-in-{}", addr.port()),
-            // Kept-alive connections idle longer than the clients' pools keep them.
-            Options {
-                head_timeout: Duration::from_secs(120),
-                ..Options::default()
-            },
+            Duration::from_secs(120),
             move |req| handle(sh.clone(), req),
         );
         Idp {

@@ -5,6 +5,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::{Request, Response};
@@ -23,8 +24,10 @@ impl Port {
         self.0.local_addr().expect("local addr")
     }
 
-    /// Serves `handler` on this port until the [`StandIn`] is dropped.
-    pub fn serve<H, F>(self, name: &str, options: Options, handler: H) -> StandIn
+    /// Serves `handler` on this port until the [`StandIn`] is dropped. `idle`: how long a
+    /// kept-alive connection may wait for its next request (longer than the clients' pools
+    /// keep one, so the stand-in never closes one a client is about to use).
+    pub fn serve<H, F>(self, name: &str, idle: Duration, handler: H) -> StandIn
     where
         H: Fn(Request<Bytes>) -> F + Send + Sync + 'static,
         F: Future<Output = Response<Body>> + Send + 'static,
@@ -41,7 +44,10 @@ impl Port {
             let _in = rt.enter();
             Server::from_std(self.0)
                 .expect("stand-in listener")
-                .with_options(options)
+                .with_options(Options {
+                    head_timeout: idle,
+                    ..Options::default()
+                })
                 .serve(handler)
         };
         StandIn {

@@ -25,7 +25,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use hyper::header::HeaderValue;
 use hyper::{Request, StatusCode};
-use s3_oidc_mount::http::serve::{self, Options};
+use s3_oidc_mount::http::serve;
 
 use super::iam::xml_text;
 use super::standin::{Port, StandIn, target};
@@ -113,15 +113,9 @@ impl StsProxy {
             record: Mutex::new(Record::default()),
         });
         let sh = shared.clone();
-        let server = port.serve(
-            "sts-proxy",
-            // Idle keep-alive connections are closed after a minute.
-            Options {
-                head_timeout: Duration::from_secs(60),
-                ..Options::default()
-            },
-            move |req| answer(sh.clone(), req),
-        );
+        let server = port.serve("sts-proxy", Duration::from_secs(60), move |req| {
+            answer(sh.clone(), req)
+        });
         StsProxy {
             shared,
             addr,
