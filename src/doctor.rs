@@ -1,8 +1,9 @@
 //! `doctor`: checks, one step at a time, the chain a mount depends on (metadata server,
 //! identity token, STS exchange or AWS chain, ListBucket, HEAD and GET of one object) and
 //! says for each step what is wrong and how to fix it; then prints the policies that would
-//! make it work. Steps that do not apply to the credential mode, or that come after a
-//! failure, are shown as skipped.
+//! make it work. The steps are a table ([`checks`]) with declared dependencies: a step whose
+//! dependency failed is shown as skipped, and so is one that does not apply to the
+//! credential mode. The fix texts come from [`crate::advice`], shared with the mount.
 //!
 //! The steps run against an [`Env`]: the real one talks to the metadata server, STS and S3;
 //! unit tests use fakes. The identity token is only ever shown as its decoded claims, never
@@ -10,6 +11,7 @@
 
 use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_credential_types::Credentials;
@@ -18,10 +20,11 @@ use aws_smithy_types::error::display::DisplayErrorContext;
 use futures::StreamExt;
 use serde_json::Value;
 
+use crate::advice;
 use crate::auth::jwt::{Claims, IdToken, now_unix};
 use crate::auth::sts::{Session, StsError, trust_hint};
 use crate::auth::token::{TokenError, TokenFile};
-use crate::auth::{self, AuthConfig, CredentialMode, Plan, policy};
+use crate::auth::{self, AuthConfig, AuthError, CredentialMode, Plan, policy};
 use crate::cli::Source;
 use crate::store::s3::{S3Options, S3Store};
 use crate::store::{ListFrom, ListPage, ObjectMeta, ObjectStore, StoreError};
@@ -101,10 +104,12 @@ impl Report {
 }
 
 /// Why an exchange did not happen.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum ExchangeError {
     /// The setup is incomplete (no role, bad role ARN, unreadable session policy).
-    Config(String),
+    #[error(transparent)]
+    Config(AuthError),
+    #[error(transparent)]
     Sts(StsError),
 }
 
@@ -154,10 +159,6 @@ impl Target {
             .and_then(|a| a.split(':').nth(4))
             .unwrap_or("")
     }
-
-    fn bucket_arn(&self) -> String {
-        format!("arn:{}:s3:::{}", self.partition(), self.source.bucket)
-    }
 }
 
 fn ok(name: &'static str, detail: impl Into<String>) -> Step {
@@ -206,7 +207,7 @@ fn timed_out(name: &'static str, what: &str) -> Step {
     fail(
         name,
         format!("{what} did not answer within {} s", STEP_TIMEOUT.as_secs()),
-        "check the endpoint and the network; a firewall that drops packets shows this way",
+        advice::TIMED_OUT,
     )
 }
 
@@ -240,110 +241,11 @@ fn claims_line(c: &Claims) -> String {
     )
 }
 
-/// What an STS error code usually means, and what to do.
-fn explain_sts(code: &str, claims: Option<&Claims>, t: &Target) -> (&'static str, String) {
-    let hint = claims.map(trust_hint).unwrap_or_default();
-    match code {
-        "AccessDenied" | "IDPRejectedClaim" => (
-            "the role's trust policy does not accept this token",
-            format!(
-                "{}; or, if the role is right, request the audience it trusts (--audience) as the \
-                 service account it trusts",
-                if hint.is_empty() {
-                    "compare the role's trust policy with the token's claims"
-                } else {
-                    &hint
-                }
-            ),
-        ),
-        "InvalidIdentityToken" => (
-            "STS could not validate the token (issuer not trusted, or a key or thumbprint mismatch)",
-            format!(
-                "for Google tokens trust Principal {{\"Federated\":\"accounts.google.com\"}} and create no IAM \
-                 OIDC provider for Google; for other issuers register the issuer as an IAM OIDC provider with \
-                 this audience as a client id; {hint}"
-            ),
-        ),
-        "ExpiredTokenException" | "ExpiredToken" => (
-            "the token had expired when STS checked it",
-            "check the clock of this machine; for a token file, whatever rotates it has stopped".into(),
-        ),
-        "MalformedPolicyDocument" | "PackedPolicyTooLarge" => (
-            "STS refused the session policy",
-            format!(
-                "--session-policy {} was refused: use --session-policy none, or a valid, smaller @FILE",
-                t.session_policy
-            ),
-        ),
-        "NoSuchEntity" => (
-            "the role does not exist",
-            format!(
-                "check --role-arn {}",
-                t.role_arn.as_deref().unwrap_or("(none)")
-            ),
-        ),
-        "ValidationError" | "MissingParameter" | "InvalidParameterValue" => (
-            "STS refused a parameter",
-            "--session-duration must not exceed the role's MaxSessionDuration (default 1h); check --role-arn"
-                .into(),
-        ),
-        "RegionDisabledException" => (
-            "STS is not activated in this region",
-            "activate the region in the IAM account settings, or use --sts-region with an active one"
-                .into(),
-        ),
-        "InvalidClientTokenId" => (
-            "STS did not accept the request's credentials",
-            "AssumeRoleWithWebIdentity is sent unsigned: usually the STS region is not enabled for \
-             the account (--sts-region), or something between us and STS signs it with other keys"
-                .into(),
-        ),
-        "InvalidAction" | "InvalidArgument" => (
-            "the endpoint does not take AssumeRoleWithWebIdentity",
-            format!(
-                "check that {} is an STS endpoint (--sts-endpoint-url), not S3 or a proxy",
-                t.sts_endpoint
-            ),
-        ),
-        "NetworkError" => (
-            "STS did not answer",
-            format!(
-                "check that {} is reachable (--sts-endpoint-url, --sts-region, egress rules)",
-                t.sts_endpoint
-            ),
-        ),
-        _ => (
-            "STS failed",
-            "retry; if it persists, the message above says what STS objects to".into(),
-        ),
-    }
-}
-
 /// What to allow, for a refused S3 request.
 fn permission_fix(t: &Target, action: &str) -> String {
-    let p = &t.source.prefix;
-    let what = if action == "s3:ListBucket" {
-        if p.is_empty() {
-            format!("s3:ListBucket on {}", t.bucket_arn())
-        } else {
-            format!(
-                "s3:ListBucket on {} with s3:prefix \"{p}\" and \"{p}*\"",
-                t.bucket_arn()
-            )
-        }
-    } else {
-        format!("s3:GetObject on {}/{p}*", t.bucket_arn())
-    };
-    let session = match t.mode {
-        CredentialMode::Gcp | CredentialMode::TokenFile => match t.session_policy.as_str() {
-            "auto" => "; the session policy (--session-policy auto) allows exactly this already"
-                .to_string(),
-            "none" => String::new(),
-            other => format!("; the session policy {other} must allow it too"),
-        },
-        _ => String::new(),
-    };
-    format!("the identity's permission policy must allow {what} (see below){session}")
+    let permission =
+        advice::s3_permission(t.partition(), &t.source.bucket, &t.source.prefix, action);
+    advice::s3_refused(&permission, t.mode, &t.session_policy)
 }
 
 fn store_failure(name: &'static str, what: &str, e: &StoreError, t: &Target, action: &str) -> Step {
@@ -354,7 +256,7 @@ fn store_failure(name: &'static str, what: &str, e: &StoreError, t: &Target, act
                 "{what}: bucket {:?} does not exist at {}",
                 t.source.bucket, t.endpoint
             ),
-            "check the bucket name, --endpoint-url and --region",
+            advice::NO_SUCH_BUCKET,
         ),
         StoreError::AccessDenied { code, message } => Step {
             refused: true,
@@ -367,236 +269,125 @@ fn store_failure(name: &'static str, what: &str, e: &StoreError, t: &Target, act
         StoreError::Credentials(m) => fail(
             name,
             format!("{what}: no usable credentials: {m}"),
-            "see the credential steps above",
+            advice::SEE_CREDENTIAL_STEPS,
         ),
         StoreError::Unreachable(m) => fail(
             name,
             format!("{what}: cannot reach {}: {m}", t.endpoint),
-            "check --endpoint-url, --region and the network",
+            advice::S3_UNREACHABLE,
         ),
         e => fail(
             name,
             format!("{what} at {}: {e}", t.endpoint),
-            "retry; if it persists, the message says what S3 objects to",
+            advice::S3_OTHER,
         ),
     }
 }
 
+/// What the steps found, for the steps after them.
+struct Found<S> {
+    claims: Option<Claims>,
+    token: Option<IdToken>,
+    credentials: Option<Credentials>,
+    store: Option<S>,
+    page: Option<ListPage>,
+}
+
+type StepFuture<'a> = Pin<Box<dyn Future<Output = Step> + Send + 'a>>;
+
+/// One check: it runs unless a step it depends on failed (or was skipped for a failure).
+struct StepDef<E: Env> {
+    name: &'static str,
+    after: &'static [&'static str],
+    /// Whether the step is listed at all for this target (the STS exchange and the AWS
+    /// chain stand in the same place, for different modes).
+    listed: fn(&Target) -> bool,
+    run: for<'a> fn(&'a E, &'a Target, &'a mut Found<E::Store>) -> StepFuture<'a>,
+}
+
+fn web_identity(t: &Target) -> bool {
+    matches!(t.mode, CredentialMode::Gcp | CredentialMode::TokenFile)
+}
+
+/// The checks, in order.
+fn checks<E: Env>() -> [StepDef<E>; 6] {
+    [
+        StepDef {
+            name: METADATA,
+            after: &[],
+            listed: |_| true,
+            run: |env, t, _| Box::pin(check_metadata(env, t)),
+        },
+        StepDef {
+            name: TOKEN,
+            after: &[METADATA],
+            listed: |_| true,
+            run: |env, t, found| Box::pin(check_token(env, t, found)),
+        },
+        StepDef {
+            name: STS,
+            after: &[TOKEN],
+            listed: web_identity,
+            run: |env, t, found| Box::pin(check_sts(env, t, found)),
+        },
+        StepDef {
+            name: AWS_CHAIN,
+            after: &[],
+            listed: |t| !web_identity(t),
+            run: |env, _, found| Box::pin(check_aws_chain(env, found)),
+        },
+        StepDef {
+            name: LIST,
+            after: &[STS, AWS_CHAIN],
+            listed: |_| true,
+            run: |env, t, found| Box::pin(check_list(env, t, found)),
+        },
+        StepDef {
+            name: READ,
+            after: &[LIST],
+            listed: |_| true,
+            run: |_, t, found| Box::pin(check_read(t, found)),
+        },
+    ]
+}
+
 /// Runs every step.
 pub async fn diagnose<E: Env>(env: &E, t: &Target) -> Report {
-    let mut steps = Vec::new();
-    let mut claims: Option<Claims> = None;
-    // The first failed step: everything that depends on it is skipped.
-    let mut failed: Option<&'static str> = None;
-    let after = |f: &'static str| format!("not run: {f} failed");
-    let web = matches!(t.mode, CredentialMode::Gcp | CredentialMode::TokenFile);
+    let mut steps: Vec<Step> = Vec::new();
+    // For each step listed: the failed step that stopped it (itself, if it failed).
+    let mut stopped_by: Vec<(&'static str, Option<&'static str>)> = Vec::new();
+    let mut found = Found {
+        claims: None,
+        token: None,
+        credentials: None,
+        store: None,
+        page: None,
+    };
+    for def in checks::<E>().iter().filter(|d| (d.listed)(t)) {
+        let blocker = stopped_by
+            .iter()
+            .filter(|(name, _)| def.after.contains(name))
+            .find_map(|(_, by)| *by);
+        let step = match blocker {
+            Some(f) => skip(def.name, format!("not run: {f} failed")),
+            None => (def.run)(env, t, &mut found).await,
+        };
+        let by = blocker.or((step.outcome == Outcome::Fail).then_some(def.name));
+        stopped_by.push((def.name, by));
+        steps.push(step);
+    }
+    // The first failure, which the policy step speaks of.
+    let failed = steps
+        .iter()
+        .find(|s| s.outcome == Outcome::Fail)
+        .map(|s| s.name);
 
-    // 1. The metadata server.
-    steps.push(match t.mode {
-        CredentialMode::Gcp => match bounded(env.metadata()).await {
-            Some(Ok(project)) => ok(
-                METADATA,
-                format!("{} answers (project {project})", t.metadata_url),
-            ),
-            Some(Err(e)) => fail(
-                METADATA,
-                e,
-                "run on GCP (Cloud Run, GCE, GKE with Workload Identity) or set GCE_METADATA_HOST to an \
-                 emulator; elsewhere use --credentials token-file or aws",
-            ),
-            None => timed_out(METADATA, &t.metadata_url),
-        },
-        CredentialMode::TokenFile => skip(METADATA, "not used with --credentials token-file"),
-        _ => skip(
-            METADATA,
-            "not used with --credentials aws (the standard AWS chain)",
-        ),
-    });
-    if steps[0].outcome == Outcome::Fail {
-        failed = Some(METADATA);
-    }
-
-    // 2. The identity token.
-    let mut token: Option<IdToken> = None;
-    steps.push(if !web {
-        skip(TOKEN, "not used with --credentials aws")
-    } else if let Some(f) = failed {
-        skip(TOKEN, after(f))
-    } else {
-        match bounded(env.identity_token()).await {
-            Some(Ok(tok)) => {
-                let c = tok.claims.clone();
-                let step = if c.exp != 0 && c.exp <= now_unix() {
-                    fail(
-                        TOKEN,
-                        claims_line(&c),
-                        "the token has expired: for a token file, whatever rotates it has stopped; check the clock",
-                    )
-                } else {
-                    ok(TOKEN, claims_line(&c))
-                };
-                claims = Some(c);
-                token = Some(tok);
-                step
-            }
-            Some(Err(e)) => {
-                let fix = match t.mode {
-                    CredentialMode::Gcp => {
-                        "the workload must run as a service account (Cloud Run: --service-account; GKE: \
-                         Workload Identity) and the metadata server must serve identity tokens"
-                    }
-                    _ => {
-                        "--token-file (or AWS_WEB_IDENTITY_TOKEN_FILE) must name a readable file holding one \
-                         JWT, e.g. a Kubernetes projected service account token"
-                    }
-                };
-                fail(TOKEN, e.to_string(), fix)
-            }
-            None => timed_out(TOKEN, "the token source"),
-        }
-    });
-    if failed.is_none() && steps[1].outcome == Outcome::Fail {
-        failed = Some(TOKEN);
-    }
-
-    // 3. Credentials: the STS exchange, or the AWS chain.
-    let mut credentials: Option<Credentials> = None;
-    if web {
-        steps.push(match (&token, failed) {
-            (_, Some(f)) => skip(STS, after(f)),
-            (None, None) => skip(STS, "not run: no token"),
-            (Some(tok), None) => match bounded(env.exchange(tok)).await {
-                Some(Ok(s)) => {
-                    credentials = Some(s.credentials.clone());
-                    let left = s
-                        .expiry
-                        .duration_since(SystemTime::now())
-                        .unwrap_or_default();
-                    ok(
-                        STS,
-                        format!(
-                            "assumed {} until {} (in {}); STS saw subject {} audience {}",
-                            s.assumed_role_arn,
-                            rfc3339(s.expiry),
-                            human(left.as_secs()),
-                            s.subject,
-                            s.audience
-                        ),
-                    )
-                }
-                Some(Err(ExchangeError::Config(m))) => fail(
-                    STS,
-                    m,
-                    "give the role with --role-arn (or AWS_ROLE_ARN); `s3-oidc-mount policy` prints its policies",
-                ),
-                Some(Err(ExchangeError::Sts(e))) => {
-                    let (code, message) = match &e {
-                        StsError::ExpiredToken { message } => ("ExpiredTokenException", message),
-                        StsError::Transient { code, message }
-                        | StsError::Rejected { code, message } => (code.as_str(), message),
-                    };
-                    let (meaning, fix) = explain_sts(code, claims.as_ref(), t);
-                    let message = if message.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" ({message})")
-                    };
-                    Step {
-                        refused: matches!(
-                            code,
-                            "AccessDenied" | "IDPRejectedClaim" | "InvalidIdentityToken"
-                        ),
-                        ..fail(
-                            STS,
-                            format!(
-                                "{} for role {}: {code}{message}: {meaning}",
-                                t.sts_endpoint,
-                                t.role_arn.as_deref().unwrap_or("-")
-                            ),
-                            fix,
-                        )
-                    }
-                }
-                None => timed_out(STS, &t.sts_endpoint),
-            },
-        });
-    } else {
-        steps.push(match bounded(env.aws_credentials()).await {
-            Some(Ok(c)) => {
-                let kind = if c.session_token().is_some() {
-                    "temporary credentials"
-                } else {
-                    "long-term keys"
-                };
-                let until = c
-                    .expiry()
-                    .map(|e| format!(" until {}", rfc3339(e)))
-                    .unwrap_or_default();
-                credentials = Some(c);
-                ok(AWS_CHAIN, format!("{kind} from the AWS chain{until}"))
-            }
-            Some(Err(e)) => fail(
-                AWS_CHAIN,
-                format!("the AWS chain has no credentials: {e}"),
-                "set AWS_PROFILE (after `aws sso login`) or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or use \
-                 --credentials gcp or token-file with --role-arn",
-            ),
-            None => timed_out(AWS_CHAIN, "the AWS chain"),
-        });
-    }
-    if failed.is_none() && steps[2].outcome == Outcome::Fail {
-        failed = Some(steps[2].name);
-    }
-
-    // 4. ListBucket on the prefix; 5. HEAD and GET of one object.
-    let store = credentials.map(|c| env.store(c));
-    let mut page: Option<ListPage> = None;
-    steps.push(match (&store, failed) {
-        (_, Some(f)) => skip(LIST, after(f)),
-        (None, None) => skip(LIST, "not run: no credentials"),
-        (Some(store), None) => {
-            let what = format!("ListObjectsV2 {}", t.source);
-            match bounded(store.list_page(&t.source.prefix, true, ListFrom::Start, Some(100))).await
-            {
-                Some(Ok(p)) => {
-                    let more = if p.next.is_some() { "+" } else { "" };
-                    let step = ok(
-                        LIST,
-                        format!(
-                            "{what}: objects: {}{more}, directories: {}{more}",
-                            p.objects.len(),
-                            p.prefixes.len()
-                        ),
-                    );
-                    page = Some(p);
-                    step
-                }
-                Some(Err(e)) => store_failure(LIST, &what, &e, t, "s3:ListBucket"),
-                None => timed_out(LIST, &t.endpoint),
-            }
-        }
-    });
-    if failed.is_none() && steps[3].outcome == Outcome::Fail {
-        failed = Some(LIST);
-    }
-    steps.push(match (&store, &page, failed) {
-        (_, _, Some(f)) => skip(READ, after(f)),
-        (Some(store), Some(p), None) => match bounded(read_one(store, p, t)).await {
-            Some(step) => step,
-            None => timed_out(READ, &t.endpoint),
-        },
-        _ => skip(READ, "not run: nothing listed"),
-    });
-    if failed.is_none() && steps[4].outcome == Outcome::Fail {
-        failed = Some(READ);
-    }
-
-    // 6. The policies that make it work, when a refusal stopped it.
+    // The policies that make it work, when a refusal stopped it.
     let mut policies = Vec::new();
     let refusal = steps.iter().find(|s| s.refused).map(|s| s.name);
     let detail = match (failed, refusal) {
         (None, _) => "nothing to change (`s3-oidc-mount policy` prints the policies)".to_string(),
-        (Some(STS), Some(_)) => match &claims {
+        (Some(STS), Some(_)) => match &found.claims {
             Some(c) => {
                 policies.push((
                     format!(
@@ -651,6 +442,182 @@ pub async fn diagnose<E: Env>(env: &E, t: &Target) -> Report {
         header,
         steps,
         policies,
+    }
+}
+
+/// The metadata server, asked something that needs no identity.
+async fn check_metadata<E: Env>(env: &E, t: &Target) -> Step {
+    match t.mode {
+        CredentialMode::Gcp => match bounded(env.metadata()).await {
+            Some(Ok(project)) => ok(
+                METADATA,
+                format!("{} answers (project {project})", t.metadata_url),
+            ),
+            Some(Err(e)) => fail(METADATA, e, advice::METADATA_UNAVAILABLE),
+            None => timed_out(METADATA, &t.metadata_url),
+        },
+        CredentialMode::TokenFile => skip(METADATA, "not used with --credentials token-file"),
+        _ => skip(
+            METADATA,
+            "not used with --credentials aws (the standard AWS chain)",
+        ),
+    }
+}
+
+/// The identity token, shown by its claims.
+async fn check_token<E: Env>(env: &E, t: &Target, found: &mut Found<E::Store>) -> Step {
+    if !web_identity(t) {
+        return skip(TOKEN, "not used with --credentials aws");
+    }
+    match bounded(env.identity_token()).await {
+        Some(Ok(tok)) => {
+            let c = tok.claims.clone();
+            let step = if c.exp != 0 && c.exp <= now_unix() {
+                fail(TOKEN, claims_line(&c), advice::TOKEN_EXPIRED)
+            } else {
+                ok(TOKEN, claims_line(&c))
+            };
+            found.claims = Some(c);
+            found.token = Some(tok);
+            step
+        }
+        Some(Err(e)) => {
+            let fix = match t.mode {
+                CredentialMode::Gcp => advice::TOKEN_GCP,
+                _ => advice::TOKEN_FILE,
+            };
+            fail(TOKEN, e.to_string(), fix)
+        }
+        None => timed_out(TOKEN, "the token source"),
+    }
+}
+
+/// The STS exchange of the token for credentials.
+async fn check_sts<E: Env>(env: &E, t: &Target, found: &mut Found<E::Store>) -> Step {
+    let Some(tok) = &found.token else {
+        return skip(STS, "not run: no token");
+    };
+    match bounded(env.exchange(tok)).await {
+        Some(Ok(s)) => {
+            found.credentials = Some(s.credentials.clone());
+            let left = s
+                .expiry
+                .duration_since(SystemTime::now())
+                .unwrap_or_default();
+            ok(
+                STS,
+                format!(
+                    "assumed {} until {} (in {}); STS saw subject {} audience {}",
+                    s.assumed_role_arn,
+                    rfc3339(s.expiry),
+                    human(left.as_secs()),
+                    s.subject,
+                    s.audience
+                ),
+            )
+        }
+        Some(Err(ExchangeError::Config(e))) => fail(STS, crate::util::chain(&e), advice::NO_ROLE),
+        Some(Err(ExchangeError::Sts(e))) => {
+            let (code, message) = match &e {
+                StsError::ExpiredToken { message } => ("ExpiredTokenException", message),
+                StsError::Transient { code, message } | StsError::Rejected { code, message } => {
+                    (code.as_str(), message)
+                }
+            };
+            let hint = found.claims.as_ref().map(trust_hint).unwrap_or_default();
+            let (meaning, fix) = advice::sts(
+                code,
+                &advice::StsContext {
+                    trust_hint: &hint,
+                    role_arn: t.role_arn.as_deref(),
+                    sts_endpoint: &t.sts_endpoint,
+                    session_policy: &t.session_policy,
+                },
+            );
+            let message = if message.is_empty() {
+                String::new()
+            } else {
+                format!(" ({message})")
+            };
+            Step {
+                refused: matches!(
+                    code,
+                    "AccessDenied" | "IDPRejectedClaim" | "InvalidIdentityToken"
+                ),
+                ..fail(
+                    STS,
+                    format!(
+                        "{} for role {}: {code}{message}: {meaning}",
+                        t.sts_endpoint,
+                        t.role_arn.as_deref().unwrap_or("-")
+                    ),
+                    fix,
+                )
+            }
+        }
+        None => timed_out(STS, &t.sts_endpoint),
+    }
+}
+
+/// Credentials from the standard AWS chain.
+async fn check_aws_chain<E: Env>(env: &E, found: &mut Found<E::Store>) -> Step {
+    match bounded(env.aws_credentials()).await {
+        Some(Ok(c)) => {
+            let kind = if c.session_token().is_some() {
+                "temporary credentials"
+            } else {
+                "long-term keys"
+            };
+            let until = c
+                .expiry()
+                .map(|e| format!(" until {}", rfc3339(e)))
+                .unwrap_or_default();
+            found.credentials = Some(c);
+            ok(AWS_CHAIN, format!("{kind} from the AWS chain{until}"))
+        }
+        Some(Err(e)) => fail(
+            AWS_CHAIN,
+            format!("the AWS chain has no credentials: {e}"),
+            advice::AWS_CHAIN_EMPTY,
+        ),
+        None => timed_out(AWS_CHAIN, "the AWS chain"),
+    }
+}
+
+/// ListBucket on the prefix.
+async fn check_list<E: Env>(env: &E, t: &Target, found: &mut Found<E::Store>) -> Step {
+    let Some(credentials) = found.credentials.clone() else {
+        return skip(LIST, "not run: no credentials");
+    };
+    let store = found.store.insert(env.store(credentials));
+    let what = format!("ListObjectsV2 {}", t.source);
+    match bounded(store.list_page(&t.source.prefix, true, ListFrom::Start, Some(100))).await {
+        Some(Ok(p)) => {
+            let more = if p.next.is_some() { "+" } else { "" };
+            let step = ok(
+                LIST,
+                format!(
+                    "{what}: objects: {}{more}, directories: {}{more}",
+                    p.objects.len(),
+                    p.prefixes.len()
+                ),
+            );
+            found.page = Some(p);
+            step
+        }
+        Some(Err(e)) => store_failure(LIST, &what, &e, t, "s3:ListBucket"),
+        None => timed_out(LIST, &t.endpoint),
+    }
+}
+
+/// HEAD and GET of one object.
+async fn check_read<S: ObjectStore>(t: &Target, found: &mut Found<S>) -> Step {
+    match (&found.store, &found.page) {
+        (Some(store), Some(p)) => match bounded(read_one(store, p, t)).await {
+            Some(step) => step,
+            None => timed_out(READ, &t.endpoint),
+        },
+        _ => skip(READ, "not run: nothing listed"),
     }
 }
 
@@ -722,7 +689,7 @@ async fn read_one<S: ObjectStore>(store: &S, first: &ListPage, t: &Target) -> St
         return fail(
             READ,
             format!("{what}: {got} bytes received, {want} asked"),
-            "a proxy or the server truncates responses",
+            advice::TRUNCATED,
         );
     }
     ok(
@@ -808,7 +775,7 @@ impl Env for RealEnv {
     async fn exchange(&self, token: &IdToken) -> Result<Session, ExchangeError> {
         let (_, exchanger) = auth::web_identity(&self.cfg, self.plan.clone())
             .await
-            .map_err(|e| ExchangeError::Config(e.to_string()))?;
+            .map_err(ExchangeError::Config)?;
         exchanger
             .assume_role(token)
             .await

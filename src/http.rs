@@ -4,9 +4,11 @@
 //!   `--ready-min-validity` (web-identity modes; the AWS chain manages its own expiry);
 //! - `/metrics`: Prometheus text format (see `crate::metrics`).
 //!
-//! Three GET routes with small bodies need no framework: a minimal HTTP/1.1 responder on
-//! tokio, one request per connection, bounded in size, time and concurrency. Nothing it
-//! answers carries a secret: states, counts, times.
+//! Three GET routes with small bodies, served by [`serve`] (hyper): keep-alive, bounded in
+//! head size, time and concurrency. Nothing it answers carries a secret: states, counts,
+//! times.
+
+pub mod serve;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -14,16 +16,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Response, StatusCode};
 
 use crate::auth::refresh::Refresher;
 use crate::cache::BlockCache;
 use crate::metrics;
+use serve::Body;
 
-/// Longest a client may take to send its request head, or to take the answer (a slow client
-/// holds one of the few connection slots for at most about twice this).
+/// Longest a client may take to send its request head, or keep an idle connection open (a
+/// slow client holds one of the few connection slots for about this long).
 const READ_TIMEOUT: Duration = Duration::from_secs(2);
 /// Largest request head accepted.
 const MAX_HEAD: usize = 8 << 10;
@@ -33,10 +35,20 @@ const MAX_CONNECTIONS: usize = 32;
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
-#[error("cannot listen on {addr} (--http-addr): {why}")]
+#[error("cannot listen on {addr} (--http-addr{})", hint(source))]
 pub struct HttpError {
     addr: SocketAddr,
-    why: String,
+    #[source]
+    source: std::io::Error,
+}
+
+/// What to do about a bind error, before the cause (printed after it in the error chain).
+fn hint(e: &std::io::Error) -> &'static str {
+    if e.kind() == std::io::ErrorKind::AddrInUse {
+        "; another process uses this port: pick another one"
+    } else {
+        ""
+    }
 }
 
 /// What the endpoints report on: the parts of a mount, filled in as it comes up.
@@ -183,192 +195,82 @@ fn statfs(path: &Path) -> std::io::Result<()> {
 
 /// A bound listener, not yet serving. Binding comes first, before anything is mounted, so
 /// a port in use fails the start with a clear error.
-pub struct Server {
-    listener: TcpListener,
-}
+pub struct Server(serve::Server);
 
 pub async fn bind(addr: SocketAddr) -> Result<Server, HttpError> {
-    let listener = TcpListener::bind(addr).await.map_err(|e| HttpError {
-        addr,
-        why: if e.kind() == std::io::ErrorKind::AddrInUse {
-            format!("{e}; another process uses this port: pick another one")
-        } else {
-            e.to_string()
-        },
-    })?;
-    Ok(Server { listener })
+    let server = serve::Server::bind(addr)
+        .await
+        .map_err(|source| HttpError { addr, source })?;
+    Ok(Server(server.with_options(serve::Options {
+        head_timeout: READ_TIMEOUT,
+        max_head: MAX_HEAD,
+        // Only GET and HEAD are answered (a POST with a small body still gets its 405).
+        max_body: MAX_HEAD,
+        max_connections: MAX_CONNECTIONS,
+    })))
 }
 
 impl Server {
-    pub fn local_addr(&self) -> Option<SocketAddr> {
-        self.listener.local_addr().ok()
+    pub fn local_addr(&self) -> SocketAddr {
+        self.0.local_addr()
     }
 
-    /// Serves until the task is aborted.
-    pub fn spawn(self, status: Arc<Status>) -> tokio::task::JoinHandle<()> {
-        if let Some(addr) = self.local_addr() {
-            tracing::info!(addr = %addr, "HTTP endpoints listening: /healthz /readyz /metrics");
-        }
-        let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-        tokio::spawn(async move {
-            loop {
-                let (stream, _) = match self.listener.accept().await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        // Out of descriptors, say: wait a little rather than spin.
-                        tracing::debug!(error = %e, "HTTP accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                };
-                let Ok(permit) = slots.clone().try_acquire_owned() else {
-                    continue; // too many at once: dropped, the client sees a reset
-                };
-                let status = status.clone();
-                tokio::spawn(async move {
-                    handle(stream, &status).await;
-                    drop(permit);
-                });
+    /// Serves until the returned handle is shut down or dropped.
+    pub fn spawn(self, status: Arc<Status>) -> serve::Serving {
+        tracing::info!(addr = %self.local_addr(), "HTTP endpoints listening: /healthz /readyz /metrics");
+        self.0.serve(move |req| {
+            let status = status.clone();
+            async move {
+                let resp = route(req.method(), req.uri().path(), &status).await;
+                tracing::debug!(method = %req.method(), path = req.uri().path(), code = resp.status().as_u16(), "HTTP request");
+                resp
             }
         })
     }
 }
 
-struct Response {
-    code: u16,
-    content_type: &'static str,
-    body: String,
-}
-
-impl Response {
-    fn text(code: u16, body: impl Into<String>) -> Self {
-        Response {
-            code,
-            content_type: "text/plain; charset=utf-8",
-            body: body.into(),
-        }
-    }
-}
-
-fn reason(code: u16) -> &'static str {
-    match code {
-        200 => "OK",
-        400 => "Bad Request",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        431 => "Request Header Fields Too Large",
-        503 => "Service Unavailable",
-        _ => "",
-    }
-}
-
-/// Reads the request head; the method and the path (query dropped), or the status to
-/// answer with.
-async fn read_request(stream: &mut TcpStream) -> Result<(String, String), u16> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            if end > MAX_HEAD {
-                return Err(431);
-            }
-            break;
-        }
-        if buf.len() > MAX_HEAD {
-            return Err(431);
-        }
-        match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => return Err(400),
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
-    let head = String::from_utf8_lossy(&buf);
-    let line = head.lines().next().unwrap_or("");
-    let mut parts = line.split(' ');
-    match (parts.next(), parts.next(), parts.next()) {
-        (Some(method), Some(target), Some(version)) if version.starts_with("HTTP/1.") => {
-            let path = target.split('?').next().unwrap_or("");
-            Ok((method.to_string(), path.to_string()))
-        }
-        _ => Err(400),
-    }
-}
-
-async fn route(method: &str, path: &str, status: &Status) -> Response {
-    if method != "GET" && method != "HEAD" {
-        return Response::text(405, "only GET and HEAD\n");
+async fn route(method: &Method, path: &str, status: &Status) -> Response<Body> {
+    if method != Method::GET && method != Method::HEAD {
+        let mut r = text(405, "only GET and HEAD\n");
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return r;
     }
     match path {
         "/healthz" => match status.healthy() {
-            Ok(()) => Response::text(200, "ok\n"),
-            Err(why) => Response::text(503, format!("not healthy: {why}\n")),
+            Ok(()) => text(200, "ok\n"),
+            Err(why) => text(503, format!("not healthy: {why}\n")),
         },
         "/readyz" => match status.ready().await {
-            Ok(what) => Response::text(200, format!("ready: {what}\n")),
-            Err(why) => Response::text(503, format!("not ready: {why}\n")),
+            Ok(what) => text(200, format!("ready: {what}\n")),
+            Err(why) => text(503, format!("not ready: {why}\n")),
         },
-        "/metrics" => Response {
-            code: 200,
-            content_type: "text/plain; version=0.0.4; charset=utf-8",
-            body: status.metrics(),
-        },
-        _ => Response::text(404, "not found: try /healthz, /readyz or /metrics\n"),
+        "/metrics" => {
+            let mut r = text(200, status.metrics());
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            r
+        }
+        _ => text(404, "not found: try /healthz, /readyz or /metrics\n"),
     }
 }
 
-async fn handle(mut stream: TcpStream, status: &Status) {
-    // `refused`: the head was not read whole, so the client may still be sending it.
-    let (head_only, refused, resp) =
-        match tokio::time::timeout(READ_TIMEOUT, read_request(&mut stream)).await {
-            Ok(Ok((method, path))) => {
-                let resp = route(&method, &path, status).await;
-                tracing::debug!(method, path, code = resp.code, "HTTP request");
-                (method == "HEAD", false, resp)
-            }
-            Ok(Err(code)) => (false, true, Response::text(code, "bad request\n")),
-            Err(_) => (
-                false,
-                true,
-                Response::text(400, "request head not received in time\n"),
-            ),
-        };
-    let mut out = format!(
-        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n",
-        resp.code,
-        reason(resp.code),
-        resp.content_type,
-        resp.body.len()
-    );
-    if resp.code == 405 {
-        out.push_str("Allow: GET, HEAD\r\n");
-    }
-    out.push_str("\r\n");
-    if !head_only {
-        out.push_str(&resp.body);
-    }
-    let _ = tokio::time::timeout(READ_TIMEOUT, async {
-        let _ = stream.write_all(out.as_bytes()).await;
-        let _ = stream.shutdown().await;
-        if !refused {
-            return;
-        }
-        // Read what the client still sends (a refused oversized head) before closing:
-        // closing with unread input would reset the connection and lose the answer.
-        let mut sink = [0u8; 4096];
-        let mut left = 64usize << 10;
-        while let Ok(n @ 1..) = stream.read(&mut sink).await {
-            left = left.saturating_sub(n);
-            if left == 0 {
-                break;
-            }
-        }
-    })
-    .await;
+/// A text answer nothing may cache (states change from one probe to the next).
+fn text(code: u16, body: impl Into<String>) -> Response<Body> {
+    let code = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut r = serve::text(code, body);
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
 
     async fn get(addr: SocketAddr, request: &str) -> String {
         let mut s = TcpStream::connect(addr).await.unwrap();
@@ -383,18 +285,26 @@ mod tests {
         let dir = std::env::temp_dir();
         let status = Status::new(&dir, Duration::from_secs(60));
         let server = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-        let addr = server.local_addr().unwrap();
+        let addr = server.local_addr();
         // The port is taken now: a second bind fails with a clear error.
         let e = bind(addr).await.err().expect("second bind must fail");
         assert!(e.to_string().contains("pick another"), "{e}");
-        let task = server.spawn(status.clone());
+        let serving = server.spawn(status.clone());
 
-        let h = get(addr, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        let h = get(
+            addr,
+            "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await;
         assert!(h.starts_with("HTTP/1.1 503 "), "{h}");
         assert!(h.contains("not mounted"), "{h}");
-        let r = get(addr, "GET /readyz HTTP/1.1\r\n\r\n").await;
+        let r = get(addr, "GET /readyz HTTP/1.1\r\nConnection: close\r\n\r\n").await;
         assert!(r.starts_with("HTTP/1.1 503 "), "{r}");
-        let m = get(addr, "GET /metrics?x=1 HTTP/1.1\r\n\r\n").await;
+        let m = get(
+            addr,
+            "GET /metrics?x=1 HTTP/1.1\r\nConnection: close\r\n\r\n",
+        )
+        .await;
         assert!(m.starts_with("HTTP/1.1 200 "), "{m}");
         assert!(m.contains("text/plain; version=0.0.4"), "{m}");
         let (head, body) = m.split_once("\r\n\r\n").unwrap();
@@ -406,14 +316,26 @@ mod tests {
             .unwrap();
         assert_eq!(len, body.len());
         assert!(body.contains("s3om_up 0"), "{body}");
-        let hd = get(addr, "HEAD /metrics HTTP/1.1\r\n\r\n").await;
+        let hd = get(addr, "HEAD /metrics HTTP/1.1\r\nConnection: close\r\n\r\n").await;
         assert!(hd.ends_with("\r\n\r\n"), "HEAD has no body: {hd}");
+        // The length of what a GET would get (which changes from one scrape to the next).
+        assert!(hd.contains("Content-Length: "), "{hd}");
+        // Kept alive: two requests, two answers, on one connection.
+        let two = get(
+            addr,
+            "GET /healthz HTTP/1.1\r\n\r\nGET /nope HTTP/1.1\r\nConnection: close\r\n\r\n",
+        )
+        .await;
         assert!(
-            get(addr, "GET /nope HTTP/1.1\r\n\r\n")
+            two.starts_with("HTTP/1.1 503 ") && two.contains("HTTP/1.1 404 "),
+            "{two}"
+        );
+        assert!(
+            get(addr, "GET /nope HTTP/1.1\r\nConnection: close\r\n\r\n")
                 .await
                 .starts_with("HTTP/1.1 404 ")
         );
-        let p = get(addr, "POST /metrics HTTP/1.1\r\n\r\n").await;
+        let p = get(addr, "POST /metrics HTTP/1.1\r\nConnection: close\r\n\r\n").await;
         assert!(
             p.starts_with("HTTP/1.1 405 ") && p.contains("Allow: GET, HEAD"),
             "{p}"
@@ -426,6 +348,7 @@ mod tests {
         let huge = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(MAX_HEAD + 10));
         let r = get(addr, &huge).await;
         assert!(r.starts_with("HTTP/1.1 431 "), "{r}");
-        task.abort();
+        serving.shutdown(Duration::from_secs(1)).await;
+        assert!(TcpStream::connect(addr).await.is_err(), "still listening");
     }
 }

@@ -1,6 +1,7 @@
 //! s3-oidc-mount: mount an S3 bucket prefix as a read-mostly directory, with credentials
 //! from the workload's identity (no AWS keys). See docs/ and ../README.md.
 
+pub mod advice;
 pub mod auth;
 pub mod cache;
 pub mod cli;

@@ -26,8 +26,9 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            // One line, with the causes: what failed and what to do about it.
-            let line = format!("s3-oidc-mount: error: {e:#}");
+            // One line, with the causes: what failed and what to do about it (a cause that
+            // quotes a server's message may hold line breaks).
+            let line = format!("s3-oidc-mount: error: {e:#}").replace('\n', " ");
             match format {
                 LogFormat::Text => eprintln!("{line}"),
                 // A log collector reading JSON lines gets this one as JSON too, as an error.

@@ -10,11 +10,13 @@ use std::time::{Duration, Instant};
 
 use fuser::{MountOption, SessionACL};
 
-use crate::auth::{self, AuthConfig, AuthError};
+use crate::advice;
+use crate::auth::{self, AuthConfig, AuthError, policy};
 use crate::cache::BlockCache;
 use crate::cli::Source;
 use crate::fs::{Fs, FsConfig};
 use crate::fuse::FuseAdapter;
+use crate::http::serve::Serving;
 use crate::http::{self, HttpError, Status};
 use crate::store::s3::{S3Options, S3Store};
 use crate::store::{ListFrom, ObjectStore, StoreError};
@@ -60,26 +62,52 @@ impl SessionOptions {
     }
 }
 
+// The messages never repeat their `source`: the binary prints the whole chain (`{:#}`).
 #[derive(Debug, thiserror::Error)]
 pub enum MountError {
     #[error("mountpoint {path}: {why}")]
-    Mountpoint { path: PathBuf, why: String },
-    #[error("{0}")]
-    Preflight(String),
-    // Not a `source`: the message already carries it, and `{:#}` would print it twice.
-    #[error("credentials: {0}")]
-    Auth(AuthError),
+    Mountpoint {
+        path: PathBuf,
+        why: String,
+        #[source]
+        source: Option<std::io::Error>,
+    },
+    /// The LIST before mounting failed: what happened and what to do (`crate::advice`).
+    #[error("{what}; {fix}")]
+    Preflight {
+        what: String,
+        fix: String,
+        /// None where it would only repeat `what` (no such bucket).
+        #[source]
+        source: Option<StoreError>,
+    },
+    #[error("credentials")]
+    Auth(#[from] AuthError),
     #[error("FUSE mount at {path} failed: {why}")]
-    Fuse { path: PathBuf, why: String },
-    #[error("{0}")]
-    Io(String),
+    Fuse {
+        path: PathBuf,
+        why: String,
+        #[source]
+        source: Option<std::io::Error>,
+    },
+    #[error("{what}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("a mount task failed")]
+    Task(#[from] tokio::task::JoinError),
     #[error(transparent)]
     Http(#[from] HttpError),
 }
 
-impl From<AuthError> for MountError {
-    fn from(e: AuthError) -> Self {
-        MountError::Auth(e)
+impl MountError {
+    fn io(what: impl Into<String>, source: std::io::Error) -> Self {
+        MountError::Io {
+            what: what.into(),
+            source,
+        }
     }
 }
 
@@ -107,6 +135,7 @@ fn clear_and_recheck(path: &Path) -> Result<PathBuf, MountError> {
         }
         Err(why) => Err(MountError::Mountpoint {
             path: path.to_path_buf(),
+            source: None,
             why: format!(
                 "a dead FUSE mount is still attached (the daemon was killed?) and was not \
                  cleared ({why}); clear it with `fusermount3 -u {0}` (or `umount -l {0}`) and retry",
@@ -120,6 +149,12 @@ fn check(path: &Path, clear_dead: bool) -> Result<PathBuf, MountError> {
     let err = |why: String| MountError::Mountpoint {
         path: path.to_path_buf(),
         why,
+        source: None,
+    };
+    let io = |why: &str, e: std::io::Error| MountError::Mountpoint {
+        path: path.to_path_buf(),
+        why: why.to_string(),
+        source: Some(e),
     };
     match std::fs::metadata(path) {
         Ok(m) if !m.is_dir() => return Err(err("not a directory".into())),
@@ -133,9 +168,11 @@ fn check(path: &Path, clear_dead: bool) -> Result<PathBuf, MountError> {
                 path.display()
             )));
         }
-        Err(e) => return Err(err(e.to_string())),
+        Err(e) => return Err(io("cannot look it up", e)),
     }
-    let canonical = path.canonicalize().map_err(|e| err(e.to_string()))?;
+    let canonical = path
+        .canonicalize()
+        .map_err(|e| io("cannot resolve it", e))?;
     if is_mount_point(&canonical) {
         // Only a mount of ours is probed: listing a live but stuck mount of another daemon
         // could hang. The kernel may answer stat of a dead mount from its cache: listing
@@ -149,7 +186,7 @@ fn check(path: &Path, clear_dead: bool) -> Result<PathBuf, MountError> {
         }
         return Err(err("something is already mounted here".into()));
     }
-    let mut entries = std::fs::read_dir(&canonical).map_err(|e| err(e.to_string()))?;
+    let mut entries = std::fs::read_dir(&canonical).map_err(|e| io("cannot list it", e))?;
     if entries.next().is_some() {
         return Err(err(
             "not empty; mounting would hide its files, use an empty directory".into(),
@@ -272,7 +309,11 @@ pub async fn preflight<S: ObjectStore>(store: &S, cfg: &MountConfig) -> Result<(
         .endpoint_url
         .clone()
         .unwrap_or_else(|| format!("AWS S3 in {}", cfg.s3.region));
-    let one_line = |s: String| s.replace('\n', " ");
+    let fail = |what: String, fix: String, source: Option<StoreError>| MountError::Preflight {
+        what,
+        fix,
+        source,
+    };
     match store
         .list_page(&src.prefix, true, ListFrom::Start, Some(1))
         .await
@@ -283,27 +324,40 @@ pub async fn preflight<S: ObjectStore>(store: &S, cfg: &MountConfig) -> Result<(
             }
             Ok(())
         }
-        Err(StoreError::NoSuchBucket) => Err(MountError::Preflight(format!(
-            "bucket {:?} does not exist at {endpoint}; check the bucket name, --endpoint-url and --region",
-            src.bucket
-        ))),
-        Err(StoreError::AccessDenied { code, message }) => {
-            Err(MountError::Preflight(one_line(format!(
-                "S3 refused to list {src} ({code}): {message}; check the credentials and that they allow \
-             s3:ListBucket on arn:aws:s3:::{} for prefix {:?}",
-                src.bucket, src.prefix
-            ))))
+        Err(StoreError::NoSuchBucket) => Err(fail(
+            format!("bucket {:?} does not exist at {endpoint}", src.bucket),
+            advice::NO_SUCH_BUCKET.into(),
+            None,
+        )),
+        Err(e @ StoreError::AccessDenied { .. }) => {
+            let partition = cfg
+                .auth
+                .role_arn
+                .as_deref()
+                .map_or("aws", policy::partition);
+            let permission =
+                advice::s3_permission(partition, &src.bucket, &src.prefix, "s3:ListBucket");
+            Err(fail(
+                format!("S3 refused to list {src}"),
+                format!("check the credentials and that they allow {permission}"),
+                Some(e),
+            ))
         }
-        Err(StoreError::Credentials(m)) => Err(MountError::Preflight(one_line(format!(
-            "no usable AWS credentials: {m}; use --credentials gcp or token-file with --role-arn, \
-             or set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE"
-        )))),
-        Err(StoreError::Unreachable(m)) => Err(MountError::Preflight(one_line(format!(
-            "cannot reach the S3 endpoint {endpoint}: {m}; check --endpoint-url and the network"
-        )))),
-        Err(e) => Err(MountError::Preflight(one_line(format!(
-            "listing {src} at {endpoint} failed: {e}"
-        )))),
+        Err(e @ StoreError::Credentials(_)) => Err(fail(
+            "no usable AWS credentials".into(),
+            advice::AWS_CHAIN_EMPTY.into(),
+            Some(e),
+        )),
+        Err(e @ StoreError::Unreachable(_)) => Err(fail(
+            format!("cannot reach the S3 endpoint {endpoint}"),
+            advice::S3_UNREACHABLE.into(),
+            Some(e),
+        )),
+        Err(e) => Err(fail(
+            format!("listing {src} at {endpoint} failed"),
+            advice::S3_OTHER.into(),
+            Some(e),
+        )),
     }
 }
 
@@ -335,7 +389,7 @@ pub struct Signals {
 impl Signals {
     pub fn catch() -> Result<Self, MountError> {
         use tokio::signal::unix::{SignalKind, signal};
-        let io = |e: std::io::Error| MountError::Io(format!("installing signal handlers: {e}"));
+        let io = |e| MountError::io("installing signal handlers", e);
         Ok(Signals {
             term: signal(SignalKind::terminate()).map_err(io)?,
             int: signal(SignalKind::interrupt()).map_err(io)?,
@@ -362,7 +416,7 @@ pub struct Mounted {
     session: Option<fuser::BackgroundSession>,
     pub mountpoint: PathBuf,
     status: Arc<Status>,
-    http: Option<tokio::task::JoinHandle<()>>,
+    http: Option<Serving>,
     drain: Option<Drain>,
     /// Files still open for writing at unmount, abandoned.
     abandoned: usize,
@@ -380,7 +434,7 @@ pub struct Prepared {
     store: Arc<S3Store>,
     started: Instant,
     status: Arc<Status>,
-    http: Option<tokio::task::JoinHandle<()>>,
+    http: Option<Serving>,
 }
 
 /// The checks: HTTP port, mountpoint, credentials, one LIST. Nothing is mounted yet, so
@@ -395,34 +449,22 @@ pub async fn prepare(cfg: MountConfig) -> Result<Prepared, MountError> {
     };
     let mountpoint = check_mountpoint(&cfg.mountpoint)?;
     // Before credentials and S3: a container started without FUSE fails in milliseconds.
-    check_fuse_access().map_err(|why| MountError::Fuse {
+    check_fuse_access().map_err(|(why, source)| MountError::Fuse {
         path: mountpoint.clone(),
         why,
+        source,
     })?;
     let status = Status::new(&mountpoint, cfg.ready_min_validity);
+    // Served until dropped: every early return below stops it.
     let http = server.map(|s| s.spawn(status.clone()));
-    let abort = |h: &Option<tokio::task::JoinHandle<()>>| {
-        if let Some(h) = h {
-            h.abort();
-        }
-    };
-    let creds = match auth::resolve(&cfg.auth).await {
-        Ok(c) => c,
-        Err(e) => {
-            abort(&http);
-            return Err(e.into());
-        }
-    };
+    let creds = auth::resolve(&cfg.auth).await?;
     status.set_refresher(creds.refresher.clone());
     let store = Arc::new(S3Store::new(
         &cfg.s3,
         creds.provider.clone(),
         creds.sdk_cache,
     ));
-    if let Err(e) = preflight(&*store, &cfg).await {
-        abort(&http);
-        return Err(e);
-    }
+    preflight(&*store, &cfg).await?;
     Ok(Prepared {
         cfg,
         mountpoint,
@@ -444,14 +486,8 @@ impl Prepared {
             status,
             http,
         } = self;
-        let abort = http.as_ref().map(|h| h.abort_handle());
-        let r = attach(cfg.session, mountpoint, store, started, status, http).await;
-        if r.is_err()
-            && let Some(h) = abort
-        {
-            h.abort();
-        }
-        r
+        // On failure `attach` drops the endpoints' server, which stops it.
+        attach(cfg.session, mountpoint, store, started, status, http).await
     }
 }
 
@@ -473,7 +509,7 @@ async fn attach<S: ObjectStore>(
     store: Arc<S>,
     started: Instant,
     status: Arc<Status>,
-    http: Option<tokio::task::JoinHandle<()>>,
+    http: Option<Serving>,
 ) -> Result<Mounted, MountError> {
     let cache = BlockCache::new(cfg.cache_bytes as usize);
     let fs = Fs::new(store, cfg.fs.clone(), cache.clone());
@@ -527,11 +563,11 @@ async fn attach<S: ObjectStore>(
         }
         session.spawn()
     })
-    .await
-    .map_err(|e| MountError::Io(e.to_string()))?
+    .await?
     .map_err(|e| MountError::Fuse {
         path: mountpoint.clone(),
-        why: explain_mount_error(&e),
+        why: explain_mount_error(&e).to_string(),
+        source: Some(e),
     })?;
     if cfg.kernel_readahead > 0 {
         let mp = mountpoint.clone();
@@ -581,8 +617,9 @@ fn set_kernel_readahead(mountpoint: &Path, bytes: u64) {
 }
 
 /// Whether this process can mount FUSE at all: /dev/fuse present and openable, and, when
-/// running as root (so no setuid fusermount3 is involved), CAP_SYS_ADMIN held.
-fn check_fuse_access() -> Result<(), String> {
+/// running as root (so no setuid fusermount3 is involved), CAP_SYS_ADMIN held. The error: what
+/// to do, and the cause if there is one.
+fn check_fuse_access() -> Result<(), (String, Option<std::io::Error>)> {
     const CAP_SYS_ADMIN: u32 = 21;
     if let Err(e) = std::fs::OpenOptions::new()
         .read(true)
@@ -590,12 +627,11 @@ fn check_fuse_access() -> Result<(), String> {
         .open("/dev/fuse")
     {
         return Err(match e.raw_os_error() {
-            Some(libc::ENOENT) => {
-                "/dev/fuse is missing: load the fuse module, or run the container \
-                with --device /dev/fuse (on Cloud Run: the gen2 execution environment)"
-                    .into()
-            }
-            _ => format!("cannot open /dev/fuse: {e} (in Docker: --device /dev/fuse)"),
+            Some(libc::ENOENT) => (advice::FUSE_MISSING.into(), None),
+            _ => (
+                format!("cannot open /dev/fuse ({})", advice::FUSE_UNOPENABLE),
+                Some(e),
+            ),
         });
     }
     // SAFETY: geteuid cannot fail.
@@ -606,26 +642,18 @@ fn check_fuse_access() -> Result<(), String> {
             .find_map(|l| l.strip_prefix("CapEff:"))
             .and_then(|v| u64::from_str_radix(v.trim(), 16).ok());
         if eff.is_some_and(|caps| caps & (1 << CAP_SYS_ADMIN) == 0) {
-            return Err(
-                "running as root without CAP_SYS_ADMIN, which mounting needs \
-                (in Docker: --cap-add SYS_ADMIN; on Cloud Run: the gen2 execution environment)"
-                    .into(),
-            );
+            return Err((advice::NO_CAP_SYS_ADMIN.into(), None));
         }
     }
     Ok(())
 }
 
-fn explain_mount_error(e: &std::io::Error) -> String {
+/// What to do about a failed mount(2), before its cause.
+fn explain_mount_error(e: &std::io::Error) -> &'static str {
     match e.raw_os_error() {
-        Some(libc::ENOENT) if !Path::new("/dev/fuse").exists() => {
-            "/dev/fuse is missing: load the fuse module, or run the container with --device /dev/fuse".into()
-        }
-        Some(libc::EPERM) | Some(libc::EACCES) => format!(
-            "{e}: mounting needs root or CAP_SYS_ADMIN (in Docker: --cap-add SYS_ADMIN --device /dev/fuse), \
-             or a setuid fusermount3 (apt-get install fuse3)"
-        ),
-        _ => e.to_string(),
+        Some(libc::ENOENT) if !Path::new("/dev/fuse").exists() => advice::FUSE_MISSING,
+        Some(libc::EPERM) | Some(libc::EACCES) => advice::MOUNT_NOT_PERMITTED,
+        _ => "the kernel refused it",
     }
 }
 
@@ -647,7 +675,7 @@ impl Mounted {
                     if self.ended() {
                         tracing::info!(mountpoint = %self.mountpoint.display(), "unmounted from outside; exiting");
                         self.session = None;
-                        self.finished();
+                        self.finished().await;
                         return Ok(());
                     }
                 }
@@ -683,13 +711,13 @@ impl Mounted {
                 lazy_unmount(&self.mountpoint)
             }
             Ok(Ok(Err(e))) if is_mount_point(&self.mountpoint) => {
-                Err(MountError::Io(format!("unmount of {mp} failed: {e}")))
+                Err(MountError::io(format!("unmount of {mp} failed"), e))
             }
             Ok(Ok(Err(e))) => {
                 tracing::debug!(error = %e, "FUSE session ended with an error");
                 Ok(())
             }
-            Ok(Err(e)) => Err(MountError::Io(format!("unmount task failed: {e}"))),
+            Ok(Err(e)) => Err(MountError::Task(e)),
             Err(_) => {
                 tracing::warn!(mountpoint = %mp, "FUSE threads did not stop within 3 s");
                 Ok(())
@@ -699,15 +727,16 @@ impl Mounted {
             tracing::info!(mountpoint = %mp, "unmounted");
         }
         // The summary and the end of the endpoints come whether or not the unmount worked.
-        self.finished();
+        self.finished().await;
         result
     }
 
-    /// The end of the mount: the HTTP endpoints stop, and one summary line says what it did.
-    fn finished(&mut self) {
+    /// The end of the mount: the HTTP endpoints stop (an answer under way gets a moment to
+    /// finish), and one summary line says what it did.
+    async fn finished(&mut self) {
         self.status.set_unmounted();
         if let Some(h) = self.http.take() {
-            h.abort();
+            h.shutdown(Duration::from_secs(1)).await;
         }
         let s = crate::metrics::summary(self.status.cache().map(|c| &**c), self.status.uptime());
         tracing::info!(
@@ -727,15 +756,17 @@ impl Mounted {
 }
 
 fn lazy_unmount(path: &Path) -> Result<(), MountError> {
-    let c = CString::new(path.as_os_str().as_bytes()).map_err(|e| MountError::Io(e.to_string()))?;
+    let what = || format!("lazy unmount of {} failed", path.display());
+    let c = CString::new(path.as_os_str().as_bytes()).map_err(|e| {
+        MountError::io(
+            what(),
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
+        )
+    })?;
     // NOFOLLOW: a symlink swapped in for the path must not redirect the unmount.
     // SAFETY: c is a valid NUL-terminated path for the duration of the call.
     if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH | libc::UMOUNT_NOFOLLOW) } != 0 {
-        return Err(MountError::Io(format!(
-            "lazy unmount of {} failed: {}",
-            path.display(),
-            std::io::Error::last_os_error()
-        )));
+        return Err(MountError::io(what(), std::io::Error::last_os_error()));
     }
     Ok(())
 }

@@ -94,7 +94,7 @@ async fn finish(mounted: &mut Mounted, ready_file: Option<&Path>) {
         let _ = std::fs::remove_file(f);
     }
     if let Err(e) = mounted.unmount().await {
-        tracing::error!(error = %e, "unmount failed");
+        tracing::error!(error = %crate::util::chain(&e), "unmount failed");
     }
 }
 

@@ -13,6 +13,19 @@ pub fn env_nonempty(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
+/// An error with its causes, `what: cause: cause`, as the binary prints errors: for logs,
+/// where `%e` would show only the outermost message.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
+}
+
 /// `t` as RFC 3339 in UTC with milliseconds (`2024-05-01T12:34:56.789Z`), for logs and
 /// reports; no date library needed for this one format.
 pub fn rfc3339(t: std::time::SystemTime) -> String {

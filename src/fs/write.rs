@@ -376,7 +376,6 @@ struct Stream {
     res: Option<Reservation>,
 }
 
-
 enum Applied {
     Done,
     NeedsStaging,

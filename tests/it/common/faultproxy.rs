@@ -1,11 +1,10 @@
 //! A fault-injecting HTTP/1.1 proxy in front of the S3 server (`S3_ENDPOINT`), for the
 //! reliability tests: point the daemon at [`FaultProxy::url`] with `--endpoint-url`.
 //!
-//! It listens on `127.0.0.1:<random port>` on a thread of its own with its own tokio runtime,
-//! serves several requests per client connection (keep-alive), and forwards each request
-//! byte for byte (so SigV4 signatures stay valid) over a fresh upstream connection. The
-//! upstream's answer is read whole (Content-Length or chunked) and sent on with a
-//! Content-Length, unless a rule injects a fault:
+//! It listens on `127.0.0.1:<random port>`, run as [`super::standin`] says (keep-alive), and
+//! forwards each request (method, target, headers and body as received, so SigV4 signatures
+//! stay valid) over a fresh upstream connection with hyper's client. The upstream's answer
+//! is read whole and sent on with a Content-Length, unless a rule injects a fault:
 //!
 //! - [`Fault::Reset`]: the connection is reset (RST) without an answer;
 //! - [`Fault::Delay`]: the request is held for a while, then forwarded;
@@ -35,9 +34,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use bytes::Bytes;
+use futures::StreamExt;
+use http_body_util::{BodyExt, Full};
+use hyper::ext::ReasonPhrase;
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use s3_oidc_mount::http::serve::{self, Body, Conn};
 use tokio::net::TcpStream;
-use tokio::sync::oneshot;
+
+use super::standin::{Port, StandIn, target};
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Fault {
@@ -145,9 +152,11 @@ impl Rule {
         self
     }
 
-    fn matches(&self, r: &Request) -> bool {
-        let (path, query) = r.target.split_once('?').unwrap_or((&r.target, ""));
-        self.method.as_ref().is_none_or(|m| *m == r.method)
+    fn matches(&self, r: &Request<Bytes>) -> bool {
+        let (path, query) = (r.uri().path(), r.uri().query().unwrap_or(""));
+        self.method
+            .as_ref()
+            .is_none_or(|m| m == r.method().as_str())
             && self.path.as_ref().is_none_or(|p| path.contains(p.as_str()))
             && self
                 .query
@@ -155,7 +164,7 @@ impl Rule {
                 .is_none_or(|q| query.contains(q.as_str()))
             && self
                 .ranged
-                .is_none_or(|want| want == r.header("range").is_some())
+                .is_none_or(|want| want == r.headers().contains_key(header::RANGE))
     }
 }
 
@@ -182,14 +191,12 @@ struct Shared {
     rules: Mutex<Vec<Armed>>,
     seen: Mutex<Vec<Seen>>,
     next: AtomicU64,
-    connections: AtomicU64,
 }
 
 pub struct FaultProxy {
     shared: Arc<Shared>,
     addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    server: StandIn,
 }
 
 impl FaultProxy {
@@ -203,34 +210,22 @@ impl FaultProxy {
         let upstream: SocketAddr = hostport
             .parse()
             .unwrap_or_else(|e| panic!("S3_ENDPOINT {ep:?} is not http://IP:PORT: {e}"));
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind fault proxy");
-        listener.set_nonblocking(true).expect("nonblocking");
-        let addr = listener.local_addr().expect("local addr");
+        let port = Port::take();
+        let addr = port.addr();
         let shared = Arc::new(Shared {
             upstream,
             rules: Mutex::new(Vec::new()),
             seen: Mutex::new(Vec::new()),
             next: AtomicU64::new(1),
-            connections: AtomicU64::new(0),
         });
-        let (stop, stopped) = oneshot::channel();
         let sh = shared.clone();
-        let thread = std::thread::Builder::new()
-            .name("fault-proxy".into())
-            .spawn(move || {
-                let rt = tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(2)
-                    .enable_all()
-                    .build()
-                    .expect("fault proxy runtime");
-                rt.block_on(serve(listener, sh, stopped));
-            })
-            .expect("spawn fault proxy thread");
+        let server = port.serve("fault-proxy", Duration::from_secs(120), move |req| {
+            handle(sh.clone(), req)
+        });
         FaultProxy {
             shared,
             addr,
-            stop: Some(stop),
-            thread: Some(thread),
+            server,
         }
     }
 
@@ -278,110 +273,50 @@ impl FaultProxy {
     }
 
     pub fn connection_count(&self) -> u64 {
-        self.shared.connections.load(Ordering::Relaxed)
+        self.server.connections()
     }
-}
-
-impl Drop for FaultProxy {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-async fn serve(
-    listener: std::net::TcpListener,
-    shared: Arc<Shared>,
-    mut stopped: oneshot::Receiver<()>,
-) {
-    let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
-    loop {
-        tokio::select! {
-            _ = &mut stopped => return,
-            accepted = listener.accept() => {
-                if let Ok((conn, _)) = accepted {
-                    shared.connections.fetch_add(1, Ordering::Relaxed);
-                    let _ = conn.set_nodelay(true);
-                    tokio::spawn(connection(conn, shared.clone()));
-                }
-            }
-        }
-    }
-}
-
-struct Request {
-    method: String,
-    target: String,
-    headers: Vec<(String, String)>,
-    /// The request as received (head and body), forwarded as it is.
-    raw: Vec<u8>,
-}
-
-impl Request {
-    fn header(&self, name: &str) -> Option<&str> {
-        header(&self.headers, name)
-    }
-}
-
-fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_str())
 }
 
 /// The upstream's answer, read whole.
-struct Response {
-    status: u16,
-    reason: String,
+struct Upstream {
+    status: StatusCode,
+    reason: Option<ReasonPhrase>,
     /// Without Content-Length, Transfer-Encoding and Connection.
-    headers: Vec<(String, String)>,
+    headers: HeaderMap,
     /// Content-Length of a HEAD answer (which has no body).
-    head_length: Option<String>,
+    head_length: Option<HeaderValue>,
     body: Vec<u8>,
 }
 
-/// Serves requests on one client connection until it closes.
-async fn connection(mut conn: TcpStream, shared: Arc<Shared>) {
-    let mut buf = Vec::new();
-    loop {
-        let req =
-            match tokio::time::timeout(Duration::from_secs(120), read_request(&mut conn, &mut buf))
-                .await
-            {
-                Ok(Some(r)) => r,
-                _ => return,
-            };
-        let n = shared.next.fetch_add(1, Ordering::Relaxed);
-        let fault = pick(&shared, &req);
-        let mut seen = Seen {
-            n,
-            method: req.method.clone(),
-            target: req.target.clone(),
-            range: req.header("range").map(str::to_string),
-            status: 0,
-            fault: fault.clone(),
-        };
-        // Recorded now, so a request held by a delay or stall counts while it is held.
-        let index = {
-            let mut all = shared.seen.lock().unwrap();
-            all.push(seen.clone());
-            all.len() - 1
-        };
-        let keep_going = answer(&mut conn, &shared, &req, n, fault, &mut seen).await;
-        shared.seen.lock().unwrap()[index].status = seen.status;
-        if !keep_going {
-            return;
-        }
-    }
+/// Answers one request, recording it.
+async fn handle(shared: Arc<Shared>, req: Request<Bytes>) -> Response<Body> {
+    let n = shared.next.fetch_add(1, Ordering::Relaxed);
+    let fault = pick(&shared, &req);
+    let mut seen = Seen {
+        n,
+        method: req.method().to_string(),
+        target: target(&req),
+        range: req
+            .headers()
+            .get(header::RANGE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+        status: 0,
+        fault: fault.clone(),
+    };
+    // Recorded now, so a request held by a delay or stall counts while it is held.
+    let index = {
+        let mut all = shared.seen.lock().unwrap();
+        all.push(seen.clone());
+        all.len() - 1
+    };
+    let resp = answer(&shared, &req, n, fault, &mut seen).await;
+    shared.seen.lock().unwrap()[index].status = seen.status;
+    resp
 }
 
 /// The fault for this request, if a rule fires.
-fn pick(shared: &Shared, req: &Request) -> Option<Fault> {
+fn pick(shared: &Shared, req: &Request<Bytes>) -> Option<Fault> {
     let mut rules = shared.rules.lock().unwrap();
     let mut chosen = None;
     for a in rules.iter_mut() {
@@ -401,122 +336,157 @@ fn pick(shared: &Shared, req: &Request) -> Option<Fault> {
     chosen
 }
 
-/// Answers one request; `false` when the connection must not be used again.
+/// The answer to one request: a fault, or the upstream's answer (perhaps altered).
 async fn answer(
-    conn: &mut TcpStream,
     shared: &Shared,
-    req: &Request,
+    req: &Request<Bytes>,
     n: u64,
     fault: Option<Fault>,
     seen: &mut Seen,
-) -> bool {
+) -> Response<Body> {
     let rid = format!("faultproxy-{n}");
     match &fault {
         Some(Fault::Reset) => {
-            let _ = conn.set_zero_linger();
-            return false;
+            return match req.extensions().get::<Conn>() {
+                Some(conn) => conn.reset(),
+                None => plain(StatusCode::INTERNAL_SERVER_ERROR, "no connection to reset"),
+            };
         }
         Some(Fault::Error(status, code)) => {
             seen.status = *status;
-            let body = if req.method == "HEAD" {
-                Vec::new()
+            let body = if req.method() == Method::HEAD {
+                String::new()
             } else {
                 format!(
                     "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code>\
                      <Message>injected by the test fault proxy</Message>\
                      <RequestId>{rid}</RequestId><HostId>faultproxy</HostId></Error>"
                 )
-                .into_bytes()
             };
-            let head = format!(
-                "HTTP/1.1 {status} {}\r\nContent-Type: application/xml\r\nx-amz-request-id: {rid}\r\n\
-                 Content-Length: {}\r\n\r\n",
-                if *status == 503 { "Slow Down" } else { "Error" },
-                body.len()
+            let mut r = Response::new(serve::full(body));
+            *r.status_mut() =
+                StatusCode::from_u16(*status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let reason: &'static [u8] = if *status == 503 {
+                b"Slow Down"
+            } else {
+                b"Error"
+            };
+            r.extensions_mut().insert(ReasonPhrase::from_static(reason));
+            let h = r.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/xml"),
             );
-            return conn.write_all(head.as_bytes()).await.is_ok()
-                && conn.write_all(&body).await.is_ok();
+            if let Ok(v) = HeaderValue::from_str(&rid) {
+                h.insert("x-amz-request-id", v);
+            }
+            return r;
         }
         Some(Fault::Delay(d)) => tokio::time::sleep(*d).await,
         _ => {}
     }
-    let mut resp = match forward(shared.upstream, req).await {
+    let mut up = match forward(shared.upstream, req).await {
         Ok(r) => r,
         Err(e) => {
             seen.status = 502;
-            let head = format!(
-                "HTTP/1.1 502 Bad Gateway\r\nContent-Length: {}\r\n\r\n",
-                e.len()
-            );
-            let _ = conn.write_all(head.as_bytes()).await;
-            let _ = conn.write_all(e.as_bytes()).await;
-            return false;
+            let mut r = plain(StatusCode::BAD_GATEWAY, e);
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return r;
         }
     };
-    seen.status = resp.status;
-    let full = resp.body.len();
+    seen.status = up.status.as_u16();
+    let full = up.body.len();
     match &fault {
-        Some(Fault::ShortBody) => resp.body.truncate(full / 2),
-        Some(Fault::LongBody(extra)) => resp.body.extend(std::iter::repeat_n(b'#', *extra)),
+        Some(Fault::ShortBody) => up.body.truncate(full / 2),
+        Some(Fault::LongBody(extra)) => up.body.extend(std::iter::repeat_n(b'#', *extra)),
         Some(Fault::Corrupt) => {
-            for i in (0..resp.body.len()).step_by(997) {
-                resp.body[i] ^= 0x5a;
+            for i in (0..up.body.len()).step_by(997) {
+                up.body[i] ^= 0x5a;
             }
         }
-        Some(Fault::MangleXml) => resp.body.truncate(full / 2),
-        Some(Fault::WrongEtag) => set_header(&mut resp.headers, "ETag", "\"0123456789abcdef\""),
+        Some(Fault::MangleXml) => up.body.truncate(full / 2),
+        Some(Fault::WrongEtag) => {
+            up.headers.insert(
+                header::ETAG,
+                HeaderValue::from_static("\"0123456789abcdef\""),
+            );
+        }
         Some(Fault::WrongRange) => {
-            if let Some(cr) = header(&resp.headers, "content-range").map(str::to_string) {
+            if let Some(cr) = up
+                .headers
+                .get(header::CONTENT_RANGE)
+                .and_then(|v| v.to_str().ok())
+            {
                 // bytes A-B/T -> bytes A+1-B+1/T
-                let shifted = shift_range(&cr);
-                set_header(&mut resp.headers, "Content-Range", &shifted);
+                if let Ok(v) = HeaderValue::from_str(&shift_range(cr)) {
+                    up.headers.insert(header::CONTENT_RANGE, v);
+                }
             }
         }
         _ => {}
     }
-    let mut head = format!("HTTP/1.1 {} {}\r\n", resp.status, resp.reason);
-    for (k, v) in &resp.headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    let announced = match (&fault, &resp.head_length) {
-        (_, Some(l)) => l.clone(),
-        (Some(Fault::CloseEarly(_)) | Some(Fault::Stall(..)), _) => full.to_string(),
-        _ => resp.body.len().to_string(),
-    };
-    head.push_str(&format!("Content-Length: {announced}\r\n\r\n"));
-    if conn.write_all(head.as_bytes()).await.is_err() {
-        return false;
-    }
     let part = |f: f64| ((full as f64 * f) as usize).min(full);
-    match &fault {
-        Some(Fault::CloseEarly(f)) => {
-            let _ = conn.write_all(&resp.body[..part(*f)]).await;
-            let _ = conn.flush().await;
-            let _ = conn.shutdown().await;
-            false
+    let conn = req.extensions().get::<Conn>().cloned();
+    let (body, announced) = match (&fault, &up.head_length, conn) {
+        (_, Some(l), _) => (serve::empty(), Some(l.clone())),
+        (Some(Fault::CloseEarly(f)), None, Some(conn)) => {
+            let part = Bytes::from(up.body).slice(..part(*f));
+            (cut(part, conn, Duration::ZERO), Some(full.into()))
         }
-        Some(Fault::Stall(f, d)) => {
-            let _ = conn.write_all(&resp.body[..part(*f)]).await;
-            let _ = conn.flush().await;
-            tokio::time::sleep(*d).await;
-            false
+        (Some(Fault::Stall(f, d)), None, Some(conn)) => {
+            let part = Bytes::from(up.body).slice(..part(*f));
+            (cut(part, conn, *d), Some(full.into()))
         }
-        Some(Fault::Trickle { bytes, every }) => {
-            for piece in resp.body.chunks((*bytes).max(1)) {
-                if conn.write_all(piece).await.is_err() {
-                    return false;
-                }
-                tokio::time::sleep(*every).await;
-            }
-            true
+        (Some(Fault::Trickle { bytes, every }), None, _) => {
+            let every = *every;
+            let len = up.body.len();
+            let pieces: Vec<Bytes> = Bytes::from(up.body)
+                .chunks((*bytes).max(1))
+                .map(Bytes::copy_from_slice)
+                .collect();
+            // One piece, then a pause before each next one.
+            let stream = futures::stream::iter(pieces.into_iter().enumerate()).then(
+                move |(i, piece)| async move {
+                    if i > 0 {
+                        tokio::time::sleep(every).await;
+                    }
+                    Ok(piece)
+                },
+            );
+            (serve::stream(stream), Some(len.into()))
         }
-        _ => conn.write_all(&resp.body).await.is_ok(),
+        // hyper announces the length of a whole body itself.
+        _ => (serve::full(up.body), None),
+    };
+    let mut r = Response::new(body);
+    *r.status_mut() = up.status;
+    *r.headers_mut() = up.headers;
+    if let Some(l) = announced {
+        r.headers_mut().insert(header::CONTENT_LENGTH, l);
     }
+    if let Some(reason) = up.reason {
+        r.extensions_mut().insert(reason);
+    }
+    r
 }
 
-fn set_header(headers: &mut Vec<(String, String)>, name: &str, value: &str) {
-    headers.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
-    headers.push((name.to_string(), value.to_string()));
+/// A body that sends `part` and, once it is on the wire and `wait` has passed, ends the
+/// connection: less than the announced Content-Length arrives.
+fn cut(part: Bytes, conn: Conn, wait: Duration) -> Body {
+    let sent = futures::stream::once(async move { Ok(part) });
+    let then = futures::stream::once(async move {
+        conn.flushed().await;
+        tokio::time::sleep(wait).await;
+        Err(std::io::Error::other("cut short by the fault proxy"))
+    });
+    serve::stream(sent.chain(then))
+}
+
+fn plain(status: StatusCode, text: impl Into<String>) -> Response<Body> {
+    let mut r = Response::new(serve::full(text.into()));
+    *r.status_mut() = status;
+    r
 }
 
 fn shift_range(cr: &str) -> String {
@@ -530,167 +500,42 @@ fn shift_range(cr: &str) -> String {
     parse().unwrap_or_else(|| "bytes 1-1/2".into())
 }
 
-/// Reads one request (head, then `Content-Length` bytes of body); `buf` keeps bytes read
-/// past it. `None` at EOF or on a request this proxy does not handle.
-async fn read_request(conn: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Request> {
-    let end = read_head(conn, buf).await?;
-    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-    let mut lines = head.split("\r\n");
-    let mut first = lines.next()?.split_whitespace();
-    let method = first.next()?.to_string();
-    let target = first.next()?.to_string();
-    let headers = parse_headers(lines);
-    if header(&headers, "transfer-encoding").is_some() {
-        // The daemon only reads; a chunked upload is not expected here.
-        return None;
-    }
-    let len: usize = header(&headers, "content-length").map_or(Some(0), |v| v.parse().ok())?;
-    let total = end + 4 + len;
-    fill(conn, buf, total).await?;
-    let raw: Vec<u8> = buf.drain(..total).collect();
-    Some(Request {
-        method,
-        target,
-        headers,
-        raw,
-    })
-}
-
-/// Reads until `buf` holds a whole head; returns where it ends (the `\r\n\r\n`).
-async fn read_head(conn: &mut TcpStream, buf: &mut Vec<u8>) -> Option<usize> {
-    let mut chunk = [0u8; 16384];
-    loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            return Some(i);
-        }
-        if buf.len() > 64 * 1024 {
-            return None;
-        }
-        let n = conn.read(&mut chunk).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-}
-
-async fn fill(conn: &mut TcpStream, buf: &mut Vec<u8>, len: usize) -> Option<()> {
-    let mut chunk = vec![0u8; 64 * 1024];
-    while buf.len() < len {
-        let n = conn.read(&mut chunk).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    Some(())
-}
-
-fn parse_headers<'a>(lines: impl Iterator<Item = &'a str>) -> Vec<(String, String)> {
-    lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
-        .collect()
-}
-
-/// Sends the request as it came (with `Connection: close` so the upstream connection ends
+/// Sends the request as it came over a fresh connection (with `Connection: close` so it ends
 /// with the answer) and reads the whole answer.
-async fn forward(upstream: SocketAddr, req: &Request) -> Result<Response, String> {
-    let mut up = TcpStream::connect(upstream)
+async fn forward(upstream: SocketAddr, req: &Request<Bytes>) -> Result<Upstream, String> {
+    let tcp = TcpStream::connect(upstream)
         .await
         .map_err(|e| format!("connect {upstream}: {e}"))?;
-    let _ = up.set_nodelay(true);
-    let head_end = req
-        .raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or("no head")?;
-    let head = String::from_utf8_lossy(&req.raw[..head_end]);
-    let mut out = String::new();
-    for (i, line) in head.split("\r\n").enumerate() {
-        let is_conn = line
-            .split_once(':')
-            .is_some_and(|(n, _)| n.trim().eq_ignore_ascii_case("connection"));
-        if i == 0 || !is_conn {
-            out.push_str(line);
-            out.push_str("\r\n");
-        }
-    }
-    out.push_str("Connection: close\r\n\r\n");
-    let io = |e: std::io::Error| format!("upstream: {e}");
-    up.write_all(out.as_bytes()).await.map_err(io)?;
-    up.write_all(&req.raw[head_end + 4..]).await.map_err(io)?;
-    let mut buf = Vec::new();
-    let end = read_head(&mut up, &mut buf)
+    let _ = tcp.set_nodelay(true);
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
         .await
-        .ok_or("upstream closed before answering")?;
-    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().ok_or("empty answer")?;
-    let mut parts = status_line.splitn(3, ' ');
-    let _version = parts.next();
-    let status: u16 = parts
-        .next()
-        .and_then(|s| s.parse().ok())
-        .ok_or("bad status line")?;
-    let reason = parts.next().unwrap_or("").to_string();
-    let mut headers = parse_headers(lines);
-    buf.drain(..end + 4);
-    let length = header(&headers, "content-length").map(str::to_string);
-    let chunked =
-        header(&headers, "transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
-    headers.retain(|(k, _)| {
-        !["content-length", "transfer-encoding", "connection"]
-            .iter()
-            .any(|h| k.eq_ignore_ascii_case(h))
-    });
-    let no_body = req.method == "HEAD" || status == 204 || status == 304 || status < 200;
-    let (body, head_length) = if no_body {
-        (Vec::new(), length.filter(|_| req.method == "HEAD"))
-    } else if chunked {
-        (read_chunked(&mut up, buf).await?, None)
-    } else if let Some(l) = length {
-        let l: usize = l.parse().map_err(|_| "bad Content-Length")?;
-        fill(&mut up, &mut buf, l)
-            .await
-            .ok_or("upstream body cut")?;
-        buf.truncate(l);
-        (buf, None)
-    } else {
-        up.read_to_end(&mut buf).await.map_err(io)?;
-        (buf, None)
-    };
-    Ok(Response {
-        status,
-        reason,
-        headers,
-        head_length,
+        .map_err(|e| format!("upstream: {e}"))?;
+    tokio::spawn(conn);
+    let mut out = Request::new(Full::new(req.body().clone()));
+    *out.method_mut() = req.method().clone();
+    *out.uri_mut() = req.uri().clone();
+    *out.headers_mut() = req.headers().clone();
+    out.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    let resp = send
+        .send_request(out)
+        .await
+        .map_err(|e| format!("upstream: {e}"))?;
+    let (mut parts, body) = resp.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map_err(|e| format!("upstream body cut: {e}"))?
+        .to_bytes()
+        .to_vec();
+    let length = parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.remove(header::TRANSFER_ENCODING);
+    parts.headers.remove(header::CONNECTION);
+    Ok(Upstream {
+        status: parts.status,
+        reason: parts.extensions.remove::<ReasonPhrase>(),
+        headers: parts.headers,
+        head_length: length.filter(|_| req.method() == Method::HEAD),
         body,
     })
-}
-
-async fn read_chunked(up: &mut TcpStream, mut buf: Vec<u8>) -> Result<Vec<u8>, String> {
-    let mut body = Vec::new();
-    loop {
-        let line_end = loop {
-            if let Some(i) = buf.windows(2).position(|w| w == b"\r\n") {
-                break i;
-            }
-            let len = buf.len() + 1;
-            fill(up, &mut buf, len).await.ok_or("chunked body cut")?;
-        };
-        let size_text = String::from_utf8_lossy(&buf[..line_end]).into_owned();
-        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
-            .map_err(|_| format!("bad chunk size {size_text:?}"))?;
-        buf.drain(..line_end + 2);
-        if size == 0 {
-            // Trailers, if any, are dropped: the answer is resent with a Content-Length.
-            return Ok(body);
-        }
-        fill(up, &mut buf, size + 2)
-            .await
-            .ok_or("chunked body cut")?;
-        body.extend_from_slice(&buf[..size]);
-        buf.drain(..size + 2);
-    }
 }

@@ -1,8 +1,8 @@
 //! A stand-in for the GCP metadata server that is also an OIDC issuer, for the credentials tests.
 //!
-//! It listens on `127.0.0.1:<random port>` (plain HTTP) inside the test process, on a thread of
-//! its own with its own tokio runtime, so it works from sync tests and from any async runtime, and
-//! stops (closing every open connection, hung ones included) when the [`Idp`] is dropped.
+//! It listens on `127.0.0.1:<random port>` (plain HTTP) inside the test process, run as
+//! [`super::standin`] says (its own runtime; stops, closing every open connection, hung ones
+//! included, when the [`Idp`] is dropped).
 //!
 //! - Metadata endpoints (`/computeMetadata/v1/...`) require `Metadata-Flavor: Google` (else 403)
 //!   and answer with the header `Metadata-Flavor: Google`, like the real server.
@@ -30,11 +30,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use bytes::Bytes;
+use hyper::header::HeaderValue;
+use hyper::{Method, Request, StatusCode};
+use s3_oidc_mount::http::serve;
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
 
+use super::standin::{Port, StandIn, target};
 use super::stsproxy::form_decode;
-use tokio::sync::{oneshot, watch};
 
 /// Default numeric service-account id (`sub` and `azp` of the tokens).
 pub const DEFAULT_SUBJECT: &str = "112233445566778899001";
@@ -265,8 +269,7 @@ struct Shared {
 pub struct Idp {
     shared: Arc<Shared>,
     addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _server: StandIn,
 }
 
 impl Idp {
@@ -277,9 +280,8 @@ impl Idp {
 
     /// Starts a stand-in on 127.0.0.1 (random port).
     pub fn start_with(cfg: IdpConfig) -> Idp {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-        listener.set_nonblocking(true).expect("nonblocking");
-        let addr = listener.local_addr().expect("local addr");
+        let port = Port::take();
+        let addr = port.addr();
         let base_url = format!("http://{addr}");
         let key = KeyPair::generate(&format!("stand-in-{}", addr.port()));
         let (mode, _) = watch::channel(IdentityMode::Normal);
@@ -292,24 +294,16 @@ impl Idp {
             stats: Mutex::default(),
             cfg,
         });
-        let (stop, stopped) = oneshot::channel::<()>();
         let sh = shared.clone();
-        let thread = std::thread::Builder::new()
-            .name(format!("idp-stand-in-{}", addr.port()))
-            .spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("IdP runtime");
-                rt.block_on(serve(listener, sh, stopped));
-                // Dropping the runtime cancels the connection tasks (hung requests included).
-            })
-            .expect("spawn IdP thread");
+        let server = port.serve(
+            &format!("idp-stand-in-{}", addr.port()),
+            Duration::from_secs(120),
+            move |req| handle(sh.clone(), req),
+        );
         Idp {
             shared,
             addr,
-            stop: Some(stop),
-            thread: Some(thread),
+            _server: server,
         }
     }
 
@@ -455,17 +449,6 @@ impl Idp {
     }
 }
 
-impl Drop for Idp {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 impl Shared {
     fn claims(&self, audience: &str, full: bool, expired: bool) -> Value {
         let lifetime = self.lifetime.lock().unwrap().as_secs() as i64;
@@ -503,39 +486,12 @@ impl Shared {
     }
 }
 
-async fn serve(
-    listener: std::net::TcpListener,
-    shared: Arc<Shared>,
-    mut stopped: oneshot::Receiver<()>,
-) {
-    let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
-    loop {
-        tokio::select! {
-            _ = &mut stopped => return,
-            accepted = listener.accept() => {
-                if let Ok((conn, _)) = accepted {
-                    tokio::spawn(connection(conn, shared.clone()));
-                }
-            }
-        }
-    }
-}
-
-struct Request {
-    method: String,
+/// One request as the routes see it.
+struct Req {
+    method: Method,
     path: String,
     query: HashMap<String, String>,
-    target: String,
-    headers: Vec<(String, String)>,
-}
-
-impl Request {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
+    metadata_flavor: bool,
 }
 
 struct Response {
@@ -568,79 +524,31 @@ impl Response {
         self.metadata_flavor = true;
         self
     }
+
+    fn into_http(self) -> hyper::Response<serve::Body> {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut r = serve::text(status, self.body);
+        let h = r.headers_mut();
+        h.insert("content-type", HeaderValue::from_static(self.content_type));
+        if self.metadata_flavor {
+            h.insert("metadata-flavor", HeaderValue::from_static("Google"));
+        }
+        r
+    }
 }
 
-/// One request per connection (answered with `Connection: close`).
-async fn connection(mut conn: tokio::net::TcpStream, shared: Arc<Shared>) {
-    let req = match tokio::time::timeout(Duration::from_secs(10), read_request(&mut conn)).await {
-        Ok(Some(r)) => r,
-        _ => return,
-    };
+async fn handle(shared: Arc<Shared>, req: Request<Bytes>) -> hyper::Response<serve::Body> {
+    let target = target(&req);
     shared
         .stats
         .lock()
         .unwrap()
         .requests
-        .push(format!("{} {}", req.method, req.target));
-    let resp = match route(&req, &shared) {
-        Routed::Answer(r) => r,
-        Routed::Identity => match identity(&req, &shared, &mut conn).await {
-            Some(r) => r,
-            None => return,
-        },
-    };
-    let reason = match resp.status {
-        200 => "OK",
-        400 => "Bad Request",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        _ => "Internal Server Error",
-    };
-    let mut head = format!(
-        "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n",
-        resp.status,
-        resp.content_type,
-        resp.body.len()
-    );
-    if resp.metadata_flavor {
-        head.push_str("Metadata-Flavor: Google\r\n");
-    }
-    head.push_str("\r\n");
-    let _ = conn.write_all(head.as_bytes()).await;
-    if req.method != "HEAD" {
-        let _ = conn.write_all(resp.body.as_bytes()).await;
-    }
-    let _ = conn.shutdown().await;
-}
-
-async fn read_request(conn: &mut tokio::net::TcpStream) -> Option<Request> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    let end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i;
-        }
-        if buf.len() > 64 * 1024 {
-            return None;
-        }
-        let n = conn.read(&mut chunk).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-    let mut lines = head.split("\r\n");
-    let mut first = lines.next()?.split_whitespace();
-    let method = first.next()?.to_string();
-    let target = first.next()?.to_string();
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
-        .collect();
-    let (path, query) = target.split_once('?').unwrap_or((&target, ""));
-    let query = query
+        .push(format!("{} {target}", req.method()));
+    let query = req
+        .uri()
+        .query()
+        .unwrap_or("")
         .split('&')
         .filter(|p| !p.is_empty())
         .map(|p| {
@@ -648,13 +556,21 @@ async fn read_request(conn: &mut tokio::net::TcpStream) -> Option<Request> {
             (form_decode(k), form_decode(v))
         })
         .collect();
-    Some(Request {
-        method,
-        path: path.to_string(),
+    let req = Req {
+        method: req.method().clone(),
+        path: req.uri().path().to_string(),
         query,
-        target: target.clone(),
-        headers,
-    })
+        metadata_flavor: req
+            .headers()
+            .get("metadata-flavor")
+            .is_some_and(|v| v == "Google"),
+    };
+    let resp = match route(&req, &shared) {
+        Routed::Answer(r) => r,
+        // A hung request whose client goes away is dropped by the server: nothing minted.
+        Routed::Identity => identity(&req, &shared).await,
+    };
+    resp.into_http()
 }
 
 /// What a request is for: a plain answer, or a token (which may hang).
@@ -663,7 +579,7 @@ enum Routed {
     Identity,
 }
 
-fn route(req: &Request, shared: &Shared) -> Routed {
+fn route(req: &Req, shared: &Shared) -> Routed {
     let path = req.path.as_str();
     match path {
         "/.well-known/openid-configuration" => {
@@ -677,12 +593,12 @@ fn route(req: &Request, shared: &Shared) -> Routed {
     if !path.starts_with("/computeMetadata/") {
         return Routed::Answer(Response::text(404, "not found"));
     }
-    if req.header("Metadata-Flavor") != Some("Google") {
+    if !req.metadata_flavor {
         // As the real server: 403 and an explanation, still with the header.
         let msg = "Missing required header: Metadata-Flavor: Google";
         return Routed::Answer(Response::text(403, msg).metadata());
     }
-    if req.method != "GET" && req.method != "HEAD" {
+    if req.method != Method::GET && req.method != Method::HEAD {
         return Routed::Answer(Response::text(405, "method not allowed").metadata());
     }
     match metadata_value(path, shared) {
@@ -716,21 +632,17 @@ fn metadata_value(path: &str, shared: &Shared) -> Option<Option<String>> {
     Some(Some(value))
 }
 
-/// The identity endpoint; `None` if the client went away while the request hung.
-async fn identity(
-    req: &Request,
-    shared: &Shared,
-    conn: &mut tokio::net::TcpStream,
-) -> Option<Response> {
+/// The identity endpoint.
+async fn identity(req: &Req, shared: &Shared) -> Response {
     let Some(audience) = req.query.get("audience").filter(|a| !a.is_empty()) else {
         let msg = "non-empty audience parameter required";
-        return Some(Response::text(400, msg).metadata());
+        return Response::text(400, msg).metadata();
     };
     let full = match req.query.get("format").map(String::as_str) {
         None | Some("standard") => false,
         Some("full") => true,
         Some(other) => {
-            return Some(Response::text(400, format!("invalid format {other:?}")).metadata());
+            return Response::text(400, format!("invalid format {other:?}")).metadata();
         }
     };
     {
@@ -738,27 +650,19 @@ async fn identity(
         st.identity_requests += 1;
         st.last_audience = Some(audience.clone());
     }
-    // Hang while the mode says so, unless the client gives up (then nothing is minted); the
-    // task is dropped if the stand-in stops meanwhile.
+    // Hang while the mode says so. The server drops this future if the client gives up (then
+    // nothing is minted) or the stand-in stops meanwhile.
     let mut rx = shared.mode.subscribe();
-    let mut scratch = [0u8; 256];
-    let mode = tokio::select! {
-        m = rx.wait_for(|m| *m != IdentityMode::Hang) => *m.ok()?,
-        _ = async {
-            // Returns once the peer has closed (EOF) or reset the connection.
-            while let Ok(n) = conn.read(&mut scratch).await {
-                if n == 0 {
-                    break;
-                }
-            }
-        } => return None,
+    let mode = match rx.wait_for(|m| *m != IdentityMode::Hang).await {
+        Ok(m) => *m,
+        Err(_) => IdentityMode::Fail, // the stand-in is going away
     };
     let claims = match mode {
-        IdentityMode::Fail => return Some(Response::text(500, "internal error").metadata()),
+        IdentityMode::Fail => return Response::text(500, "internal error").metadata(),
         IdentityMode::Expired => shared.claims(audience, full, true),
         IdentityMode::Normal | IdentityMode::Hang => shared.claims(audience, full, false),
     };
     let token = shared.key.sign(&claims);
     shared.stats.lock().unwrap().minted.push(token.clone());
-    Some(Response::text(200, token).metadata())
+    Response::text(200, token).metadata()
 }

@@ -7,6 +7,7 @@ pub mod faultproxy;
 pub mod fed;
 pub mod iam;
 pub mod idp;
+pub mod standin;
 pub mod stsproxy;
 
 use std::io::Read;

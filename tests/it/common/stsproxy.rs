@@ -1,10 +1,9 @@
 //! An HTTP/1.1 proxy in front of RGW's STS endpoint (= `S3_ENDPOINT`), for the daemon's
 //! credential tests: point the daemon at [`StsProxy::url`] with `--sts-endpoint-url`.
 //!
-//! It listens on `127.0.0.1:<random port>` on a thread of its own with its own tokio runtime
-//! (like [`super::idp::Idp`]), serves several requests per connection (keep-alive; bodies read
-//! by `Content-Length`), forwards each request to the upstream and answers with the upstream's
-//! status and body. It records:
+//! It listens on `127.0.0.1:<random port>`, run as [`super::standin`] says (like
+//! [`super::idp::Idp`]; keep-alive), forwards each request to the upstream and answers with
+//! the upstream's status and body. It records:
 //! - every request: method, path and the form fields of the body, decoded
 //!   ([`StsProxy::requests`]);
 //! - every successful answer's `AccessKeyId`, `SecretAccessKey`, `SessionToken` and
@@ -23,10 +22,13 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::oneshot;
+use bytes::Bytes;
+use hyper::header::HeaderValue;
+use hyper::{Request, StatusCode};
+use s3_oidc_mount::http::serve;
 
 use super::iam::xml_text;
+use super::standin::{Port, StandIn, target};
 
 /// One request the proxy received.
 #[derive(Clone, Debug)]
@@ -70,7 +72,6 @@ pub struct Issued {
 
 #[derive(Default)]
 struct Record {
-    connections: usize,
     requests: Vec<StsRequest>,
     issued: Vec<Issued>,
     upstream_errors: Vec<String>,
@@ -87,8 +88,7 @@ struct Shared {
 pub struct StsProxy {
     shared: Arc<Shared>,
     addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    server: StandIn,
 }
 
 impl StsProxy {
@@ -99,9 +99,8 @@ impl StsProxy {
 
     /// A proxy in front of `upstream` (`http://host:port`).
     pub fn start_for(upstream: &str) -> StsProxy {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind STS proxy");
-        listener.set_nonblocking(true).expect("nonblocking");
-        let addr = listener.local_addr().expect("local addr");
+        let port = Port::take();
+        let addr = port.addr();
         let shared = Arc::new(Shared {
             upstream: upstream.trim_end_matches('/').to_string(),
             http: reqwest::Client::builder()
@@ -113,25 +112,14 @@ impl StsProxy {
             expiry_override: Mutex::new(None),
             record: Mutex::new(Record::default()),
         });
-        let (stop, stopped) = oneshot::channel();
         let sh = shared.clone();
-        let thread = std::thread::Builder::new()
-            .name("sts-proxy".into())
-            .spawn(move || {
-                let rt = tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(2)
-                    .enable_all()
-                    .build()
-                    .expect("STS proxy runtime");
-                rt.block_on(serve(listener, sh, stopped));
-                // Dropping the runtime cancels the connection tasks.
-            })
-            .expect("spawn STS proxy thread");
+        let server = port.serve("sts-proxy", Duration::from_secs(60), move |req| {
+            answer(sh.clone(), req)
+        });
         StsProxy {
             shared,
             addr,
-            stop: Some(stop),
-            thread: Some(thread),
+            server,
         }
     }
 
@@ -184,7 +172,7 @@ impl StsProxy {
 
     /// TCP connections accepted.
     pub fn connection_count(&self) -> usize {
-        self.shared.record.lock().unwrap().connections
+        self.server.connections() as usize
     }
 
     /// Failures to reach the upstream (answered 502 to the client).
@@ -193,174 +181,24 @@ impl StsProxy {
     }
 }
 
-impl Drop for StsProxy {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+async fn answer(shared: Arc<Shared>, req: Request<Bytes>) -> hyper::Response<serve::Body> {
+    let (status, content_type, body) = handle(&req, &shared).await;
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut r = hyper::Response::new(serve::full(body));
+    *r.status_mut() = status;
+    if let Ok(v) = HeaderValue::from_str(&content_type) {
+        r.headers_mut().insert("content-type", v);
     }
-}
-
-async fn serve(
-    listener: std::net::TcpListener,
-    shared: Arc<Shared>,
-    mut stopped: oneshot::Receiver<()>,
-) {
-    let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
-    loop {
-        tokio::select! {
-            _ = &mut stopped => return,
-            accepted = listener.accept() => {
-                if let Ok((conn, _)) = accepted {
-                    shared.record.lock().unwrap().connections += 1;
-                    tokio::spawn(connection(conn, shared.clone()));
-                }
-            }
-        }
-    }
-}
-
-struct Request {
-    method: String,
-    target: String,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Request {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn wants_close(&self) -> bool {
-        self.header("connection")
-            .is_some_and(|v| v.eq_ignore_ascii_case("close"))
-    }
-}
-
-/// Serves requests on one connection until the client closes it (or asks to).
-async fn connection(mut conn: tokio::net::TcpStream, shared: Arc<Shared>) {
-    let mut buf = Vec::new();
-    loop {
-        // Idle keep-alive connections are closed after a minute.
-        let req =
-            match tokio::time::timeout(Duration::from_secs(60), read_request(&mut conn, &mut buf))
-                .await
-            {
-                Ok(Some(r)) => r,
-                _ => return,
-            };
-        let close = req.wants_close();
-        let (status, content_type, body) = handle(&req, &shared).await;
-        let mut head = format!(
-            "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n",
-            reason(status),
-            body.len()
-        );
-        if close {
-            head.push_str("Connection: close\r\n");
-        }
-        head.push_str("\r\n");
-        if conn.write_all(head.as_bytes()).await.is_err() {
-            return;
-        }
-        if req.method != "HEAD" && conn.write_all(&body).await.is_err() {
-            return;
-        }
-        if close {
-            let _ = conn.shutdown().await;
-            return;
-        }
-    }
-}
-
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        400 => "Bad Request",
-        403 => "Forbidden",
-        404 => "Not Found",
-        411 => "Length Required",
-        500 => "Internal Server Error",
-        502 => "Bad Gateway",
-        503 => "Service Unavailable",
-        _ => "Status",
-    }
-}
-
-/// Reads one request (head, then `Content-Length` bytes of body) from `conn`; `buf` keeps
-/// bytes read past it (a pipelined next request). `None` at EOF or on a malformed request.
-async fn read_request(conn: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> Option<Request> {
-    let mut chunk = [0u8; 8192];
-    let end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i;
-        }
-        if buf.len() > 64 * 1024 {
-            return None;
-        }
-        let n = conn.read(&mut chunk).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-    buf.drain(..end + 4);
-    let mut lines = head.split("\r\n");
-    let mut first = lines.next()?.split_whitespace();
-    let method = first.next()?.to_string();
-    let target = first.next()?.to_string();
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
-        .collect();
-    let find = |name: &str| {
-        headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.clone())
-    };
-    if find("transfer-encoding").is_some() {
-        // Not needed by the SDK's form posts; refuse rather than misread.
-        return None;
-    }
-    let len: usize = match find("content-length") {
-        Some(v) => v.parse().ok()?,
-        None => 0,
-    };
-    if len > 1 << 20 {
-        return None;
-    }
-    while buf.len() < len {
-        let n = conn.read(&mut chunk).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    let body: Vec<u8> = buf.drain(..len).collect();
-    Some(Request {
-        method,
-        target,
-        headers,
-        body,
-    })
+    r
 }
 
 /// Answers one request: an injected failure, or the upstream's answer (rewritten).
-async fn handle(req: &Request, shared: &Shared) -> (u16, String, Vec<u8>) {
-    let fields = form_fields(&String::from_utf8_lossy(&req.body));
+async fn handle(req: &Request<Bytes>, shared: &Shared) -> (u16, String, Vec<u8>) {
+    let fields = form_fields(&String::from_utf8_lossy(req.body()));
     let mut rec = StsRequest {
         at: SystemTime::now(),
-        method: req.method.clone(),
-        target: req.target.clone(),
+        method: req.method().to_string(),
+        target: target(req),
         fields,
         status: 0,
         injected: false,
@@ -444,11 +282,13 @@ async fn handle(req: &Request, shared: &Shared) -> (u16, String, Vec<u8>) {
 }
 
 /// Sends the request on to the upstream: (status, content type, body).
-async fn forward(req: &Request, shared: &Shared) -> Result<(u16, String, Vec<u8>), String> {
-    let url = format!("{}{}", shared.upstream, req.target);
-    let method = reqwest::Method::from_bytes(req.method.as_bytes()).map_err(|e| e.to_string())?;
-    let mut out = shared.http.request(method, &url).body(req.body.clone());
-    for (name, value) in &req.headers {
+async fn forward(req: &Request<Bytes>, shared: &Shared) -> Result<(u16, String, Vec<u8>), String> {
+    let url = format!("{}{}", shared.upstream, target(req));
+    let mut out = shared
+        .http
+        .request(req.method().clone(), &url)
+        .body(req.body().clone());
+    for (name, value) in req.headers() {
         let skip = [
             "host",
             "content-length",
@@ -457,7 +297,7 @@ async fn forward(req: &Request, shared: &Shared) -> Result<(u16, String, Vec<u8>
             "transfer-encoding",
             "expect",
         ];
-        if !skip.iter().any(|s| name.eq_ignore_ascii_case(s)) {
+        if !skip.iter().any(|s| name.as_str().eq_ignore_ascii_case(s)) {
             out = out.header(name, value);
         }
     }
