@@ -72,6 +72,11 @@ pub struct DoctorArgs {
 
     #[command(flatten)]
     pub auth: AuthArgs,
+
+    /// Also check that the mount may create files (starts and aborts a multipart upload,
+    /// leaving nothing behind) and whether the bucket cleans up abandoned uploads.
+    #[arg(long, env = "S3_OIDC_MOUNT_ALLOW_WRITE")]
+    pub allow_write: bool,
 }
 
 /// Where the bucket is (shared by the commands that talk to S3).
@@ -150,6 +155,11 @@ pub struct PolicyArgs {
     /// ARN partition of the generated resources (aws, aws-cn, aws-us-gov).
     #[arg(long, default_value = "aws")]
     pub partition: String,
+
+    /// The mount creates files (mount --allow-write): the permission policy grants
+    /// s3:PutObject and s3:AbortMultipartUpload under the prefix too.
+    #[arg(long)]
+    pub allow_write: bool,
 }
 
 /// How the daemon gets AWS credentials (shared by the commands that talk to AWS).

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use crate::auth::AuthConfig;
+use crate::auth::policy::Access;
 use crate::cli::{AuthArgs, MountArgs, S3Args, Source, parse_source};
 use crate::fs::FsConfig;
 use crate::fs::write::WriteConfig;
@@ -22,6 +23,7 @@ pub fn auth_config(
     a: &AuthArgs,
     source: &Source,
     s3_region: &str,
+    access: Access,
 ) -> Result<AuthConfig, ConfigError> {
     if a.refresh_margin >= a.session_duration {
         return Err(ConfigError(format!(
@@ -46,6 +48,7 @@ pub fn auth_config(
         refresh_margin: a.refresh_margin,
         bucket: source.bucket.clone(),
         prefix: source.prefix.clone(),
+        access,
     })
 }
 
@@ -107,7 +110,14 @@ pub fn mount_config(a: &MountArgs) -> Result<MountConfig, ConfigError> {
         request_timeout: a.s3.request_timeout,
         ..FsConfig::default()
     };
-    let auth = auth_config(&a.auth, &source, &s3.region)?;
+    let auth = auth_config(
+        &a.auth,
+        &source,
+        &s3.region,
+        Access {
+            write: a.allow_write,
+        },
+    )?;
     let fsname = source.to_string();
     Ok(MountConfig {
         auth,

@@ -146,6 +146,8 @@ pub struct Target {
     pub metadata_url: String,
     /// The session policy option as given (auto, none, @FILE).
     pub session_policy: String,
+    /// What the mount would do there (`--allow-write`: also create files).
+    pub access: policy::Access,
 }
 
 impl Target {
@@ -197,6 +199,7 @@ const STS: &str = "sts exchange";
 const AWS_CHAIN: &str = "aws credentials";
 const LIST: &str = "list";
 const READ: &str = "read";
+const WRITE: &str = "write";
 const POLICY: &str = "policy";
 
 async fn bounded<T>(f: impl Future<Output = T>) -> Option<T> {
@@ -310,7 +313,7 @@ fn web_identity(t: &Target) -> bool {
 }
 
 /// The checks, in order.
-fn checks<E: Env>() -> [StepDef<E>; 6] {
+fn checks<E: Env>() -> [StepDef<E>; 7] {
     [
         StepDef {
             name: METADATA,
@@ -347,6 +350,12 @@ fn checks<E: Env>() -> [StepDef<E>; 6] {
             after: &[LIST],
             listed: |_| true,
             run: |_, t, found| Box::pin(check_read(t, found)),
+        },
+        StepDef {
+            name: WRITE,
+            after: &[LIST],
+            listed: |t| t.access.write,
+            run: |_, t, found| Box::pin(check_write(t, found)),
         },
     ]
 }
@@ -406,10 +415,20 @@ pub async fn diagnose<E: Env>(env: &E, t: &Target) -> Report {
         (Some(f), Some(_)) => {
             policies.push((
                 format!(
-                    "Permission policy of the role (least privilege, read-only {}):",
+                    "Permission policy of the role (least privilege, {} {}):",
+                    if t.access.write {
+                        "read and create files in"
+                    } else {
+                        "read-only"
+                    },
                     t.source
                 ),
-                policy::permission_policy(t.partition(), &t.source.bucket, &t.source.prefix),
+                policy::permission_policy(
+                    t.partition(),
+                    &t.source.bucket,
+                    &t.source.prefix,
+                    t.access,
+                ),
             ));
             format!("{f} was refused: the permission policy below allows it")
         }
@@ -698,6 +717,65 @@ async fn read_one<S: ObjectStore>(store: &S, first: &ListPage, t: &Target) -> St
     )
 }
 
+/// Whether the mount may create files: a multipart upload under the prefix is started and
+/// aborted (nothing is ever visible), and the bucket's rule for abandoned uploads is read.
+async fn check_write<S: ObjectStore>(t: &Target, found: &mut Found<S>) -> Step {
+    let Some(store) = &found.store else {
+        return skip(WRITE, "not run: no store");
+    };
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let key = format!("{}.s3-oidc-mount-doctor-{nanos}", t.source.prefix);
+    let url = format!("s3://{}/{key}", t.source.bucket);
+    let id = match bounded(store.create_upload(&key)).await {
+        Some(Ok(id)) => id,
+        Some(Err(e)) => {
+            return store_failure(
+                WRITE,
+                &format!("CreateMultipartUpload {url}"),
+                &e,
+                t,
+                "s3:PutObject",
+            );
+        }
+        None => return timed_out(WRITE, &t.endpoint),
+    };
+    match bounded(store.abort_upload(&key, &id)).await {
+        Some(Ok(())) => {}
+        Some(Err(e)) => {
+            return store_failure(
+                WRITE,
+                &format!("AbortMultipartUpload {url}"),
+                &e,
+                t,
+                "s3:AbortMultipartUpload",
+            );
+        }
+        None => return timed_out(WRITE, &t.endpoint),
+    }
+    let cleanup = match bounded(store.abandoned_upload_days()).await {
+        Some(Ok(Some(days))) => {
+            format!("the bucket aborts uploads abandoned for {days} days")
+        }
+        Some(Ok(None)) => format!(
+            "WARNING: no lifecycle rule aborts abandoned uploads: {}",
+            advice::LIFECYCLE_RULE
+        ),
+        Some(Err(e)) => {
+            format!("cannot tell whether a lifecycle rule aborts abandoned uploads ({e})")
+        }
+        None => "cannot tell whether a lifecycle rule aborts abandoned uploads (timed out)".into(),
+    };
+    ok(
+        WRITE,
+        format!(
+            "CreateMultipartUpload and AbortMultipartUpload under {}: allowed; {cleanup}",
+            t.source
+        ),
+    )
+}
+
 /// The real environment: the metadata server, STS and S3 of the configuration.
 pub struct RealEnv {
     cfg: AuthConfig,
@@ -740,6 +818,7 @@ impl RealEnv {
                 auth::SessionPolicy::None => "none".into(),
                 auth::SessionPolicy::File(p) => format!("@{}", p.display()),
             },
+            access: cfg.access,
         };
         (RealEnv { cfg, plan, s3 }, target)
     }
@@ -1004,6 +1083,7 @@ mod tests {
             sts_endpoint: "http://sts.test".into(),
             metadata_url: "http://md.test".into(),
             session_policy: "auto".into(),
+            access: policy::Access::default(),
         }
     }
 

@@ -102,7 +102,10 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
 async fn doctor(a: &DoctorArgs) -> anyhow::Result<u8> {
     let source = parse_source(&a.source).map_err(anyhow::Error::msg)?;
     let s3 = s3_options(&a.s3, &source)?;
-    let auth = auth_config(&a.auth, &source, &s3.region)?;
+    let access = policy::Access {
+        write: a.allow_write,
+    };
+    let auth = auth_config(&a.auth, &source, &s3.region, access)?;
     let (env, target) = RealEnv::new(auth, s3, source).await;
     let report = s3_oidc_mount::doctor::diagnose(&env, &target).await;
     print!("{}", report.render());
@@ -127,19 +130,29 @@ async fn print_policies(a: &PolicyArgs) -> anyhow::Result<()> {
     println!("# Trust policy of the IAM role (Trust relationships):");
     println!("{}", pretty(&policy::trust_policy(&a.audience, &sa_id)));
     println!();
-    println!("# Permission policy of the role (least privilege, read-only {source}):");
+    let access = policy::Access {
+        write: a.allow_write,
+    };
+    let what = if a.allow_write {
+        "read and create files in"
+    } else {
+        "read-only"
+    };
+    println!("# Permission policy of the role (least privilege, {what} {source}):");
     println!(
         "{}",
         pretty(&policy::permission_policy(
             &a.partition,
             &source.bucket,
-            &source.prefix
+            &source.prefix,
+            access
         ))
     );
     println!();
     println!(
-        "# Mount with: s3-oidc-mount mount {source} MOUNTPOINT --credentials gcp --role-arn ROLE_ARN --audience {}",
-        a.audience
+        "# Mount with: s3-oidc-mount mount {source} MOUNTPOINT --credentials gcp --role-arn ROLE_ARN --audience {}{}",
+        a.audience,
+        if a.allow_write { " --allow-write" } else { "" }
     );
     Ok(())
 }

@@ -82,6 +82,8 @@ pub struct AuthConfig {
     /// The mount, for the generated session policy.
     pub bucket: String,
     pub prefix: String,
+    /// What the mount does there, for the generated session policy.
+    pub access: policy::Access,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -229,8 +231,13 @@ pub async fn web_identity(
     let policy = match &cfg.session_policy {
         SessionPolicy::None => None,
         SessionPolicy::Auto => Some(
-            policy::session_policy(policy::partition(&role_arn), &cfg.bucket, &cfg.prefix)
-                .map_err(AuthError::Config)?,
+            policy::session_policy(
+                policy::partition(&role_arn),
+                &cfg.bucket,
+                &cfg.prefix,
+                cfg.access,
+            )
+            .map_err(AuthError::Config)?,
         ),
         SessionPolicy::File(p) => {
             let text = std::fs::read_to_string(p)

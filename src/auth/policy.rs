@@ -18,7 +18,26 @@ pub fn partition(role_arn: &str) -> &str {
         .unwrap_or("aws")
 }
 
-/// Statements that allow reading `bucket/prefix` (prefix "" or ending in `/`), and nothing else.
+/// What the mount does to the bucket: the policies grant exactly that.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Access {
+    /// New files and directories (`--allow-write`): PutObject and the multipart calls.
+    pub write: bool,
+}
+
+/// Statements that allow reading `bucket/prefix` (prefix "" or ending in `/`), plus what
+/// `access` needs there, and nothing else.
+fn statements(partition: &str, bucket: &str, prefix: &str, access: Access) -> Vec<Value> {
+    let mut s = read_statements(partition, bucket, prefix);
+    if access.write {
+        // CreateMultipartUpload, UploadPart and CompleteMultipartUpload are s3:PutObject.
+        s.push(json!({"Effect":"Allow",
+            "Action":["s3:PutObject","s3:AbortMultipartUpload"],
+            "Resource":format!("arn:{partition}:s3:::{bucket}/{prefix}*")}));
+    }
+    s
+}
+
 fn read_statements(partition: &str, bucket: &str, prefix: &str) -> Vec<Value> {
     let bucket_arn = format!("arn:{partition}:s3:::{bucket}");
     let list = if prefix.is_empty() {
@@ -33,11 +52,16 @@ fn read_statements(partition: &str, bucket: &str, prefix: &str) -> Vec<Value> {
     ]
 }
 
-/// The default session policy: read-only, this bucket and prefix only. Compact JSON
-/// (some STS implementations reject spaces in form-encoded policies).
-pub fn session_policy(partition: &str, bucket: &str, prefix: &str) -> Result<String, String> {
+/// The default session policy: this bucket and prefix only, read-only unless `access` says
+/// more. Compact JSON (some STS implementations reject spaces in form-encoded policies).
+pub fn session_policy(
+    partition: &str,
+    bucket: &str,
+    prefix: &str,
+    access: Access,
+) -> Result<String, String> {
     let doc =
-        json!({"Version":"2012-10-17","Statement":read_statements(partition, bucket, prefix)});
+        json!({"Version":"2012-10-17","Statement":statements(partition, bucket, prefix, access)});
     let s = doc.to_string();
     if s.len() > SESSION_POLICY_MAX {
         return Err(format!(
@@ -63,8 +87,8 @@ pub fn check_session_policy(text: &str) -> Result<String, String> {
 }
 
 /// Least-privilege permission policy for the role (attach it to the role in IAM).
-pub fn permission_policy(partition: &str, bucket: &str, prefix: &str) -> Value {
-    json!({"Version":"2012-10-17","Statement":read_statements(partition, bucket, prefix)})
+pub fn permission_policy(partition: &str, bucket: &str, prefix: &str, access: Access) -> Value {
+    json!({"Version":"2012-10-17","Statement":statements(partition, bucket, prefix, access)})
 }
 
 /// Trust policy for a Google service account on AWS: Google is a built-in identity provider
@@ -118,6 +142,35 @@ mod tests {
     use super::*;
 
     #[test]
+    fn write_access_adds_put_and_abort_on_the_prefix_only() {
+        let ro: Value =
+            serde_json::from_str(&session_policy("aws", "b", "p/", Access::default()).unwrap())
+                .unwrap();
+        assert!(!ro.to_string().contains("PutObject"), "{ro}");
+        let rw: Value = serde_json::from_str(
+            &session_policy("aws", "b", "p/", Access { write: true }).unwrap(),
+        )
+        .unwrap();
+        let st = &rw["Statement"];
+        let w = st
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s.to_string().contains("PutObject"))
+            .expect("a write statement");
+        assert_eq!(
+            w["Action"],
+            json!(["s3:PutObject", "s3:AbortMultipartUpload"])
+        );
+        assert_eq!(w["Resource"], "arn:aws:s3:::b/p/*");
+        assert!(!rw.to_string().contains("DeleteObject"), "{rw}");
+        assert_eq!(
+            permission_policy("aws", "b", "p/", Access { write: true }),
+            rw
+        );
+    }
+
+    #[test]
     fn trust_policies_follow_the_issuer() {
         let google = Claims {
             iss: "https://accounts.google.com".into(),
@@ -153,7 +206,7 @@ mod tests {
 
     #[test]
     fn session_policy_scopes_to_the_prefix() {
-        let p = session_policy("aws", "b", "data/x/").unwrap();
+        let p = session_policy("aws", "b", "data/x/", Access::default()).unwrap();
         let v: Value = serde_json::from_str(&p).unwrap();
         assert!(!p.contains(' '), "compact: {p}");
         assert_eq!(
@@ -162,13 +215,21 @@ mod tests {
         );
         assert_eq!(v["Statement"][1]["Resource"], "arn:aws:s3:::b/data/x/*");
         assert_eq!(v["Statement"][1]["Action"], "s3:GetObject");
-        let whole = session_policy("aws", "b", "").unwrap();
+        let whole = session_policy("aws", "b", "", Access::default()).unwrap();
         assert!(!whole.contains("Condition"));
         assert!(whole.contains("arn:aws:s3:::b/*"));
         // Quotes in a prefix are escaped, not injected.
-        let q = session_policy("aws", "b", "a\"b/").unwrap();
+        let q = session_policy("aws", "b", "a\"b/", Access::default()).unwrap();
         assert!(serde_json::from_str::<Value>(&q).is_ok());
-        assert!(session_policy("aws", "b", &format!("{}/", "p".repeat(1000))).is_err());
+        assert!(
+            session_policy(
+                "aws",
+                "b",
+                &format!("{}/", "p".repeat(1000)),
+                Access::default()
+            )
+            .is_err()
+        );
     }
 
     #[test]

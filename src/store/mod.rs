@@ -155,6 +155,14 @@ pub trait ObjectStore: Send + Sync + 'static {
         upload_id: &str,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
+    /// After how many days the bucket's lifecycle rules abort an incomplete multipart upload
+    /// under the keys this store writes (`None`: no such rule), for `doctor`.
+    fn abandoned_upload_days(
+        &self,
+    ) -> impl Future<Output = Result<Option<u32>, StoreError>> + Send {
+        async { Err(StoreError::Other("not known for this store".into())) }
+    }
+
     /// GET of `range` (non-empty, within the object) of the version with `etag` and `size`.
     /// An answer for an object of another size is refused as a changed object: with a
     /// server that sends no ETags, the size is all that tells two versions apart.

@@ -466,6 +466,40 @@ impl ObjectStore for S3Store {
         }
     }
 
+    async fn abandoned_upload_days(&self) -> Result<Option<u32>, StoreError> {
+        let out = match self
+            .client
+            .get_bucket_lifecycle_configuration()
+            .bucket(&self.bucket)
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            // No lifecycle configuration at all.
+            Err(e)
+                if e.as_service_error()
+                    .and_then(|s| s.meta().code())
+                    .is_some_and(|c| c == "NoSuchLifecycleConfiguration") =>
+            {
+                return Ok(None);
+            }
+            Err(e) => return Err(classify(e)),
+        };
+        use aws_sdk_s3::types::ExpirationStatus;
+        // The shortest enabled rule that aborts uploads (a filter narrower than the bucket
+        // counts too: it is reported, not second-guessed).
+        Ok(out
+            .rules()
+            .iter()
+            .filter(|r| r.status() == &ExpirationStatus::Enabled)
+            .filter_map(|r| {
+                r.abort_incomplete_multipart_upload()?
+                    .days_after_initiation()
+            })
+            .filter_map(|d| u32::try_from(d).ok())
+            .min())
+    }
+
     async fn abort_upload(&self, key: &str, upload_id: &str) -> Result<(), StoreError> {
         self.client
             .abort_multipart_upload()
