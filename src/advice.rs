@@ -170,6 +170,10 @@ pub fn sts(code: &str, c: &StsContext<'_>) -> (&'static str, String) {
     }
 }
 
+/// A daemon killed mid-upload leaves an incomplete multipart upload, billed until aborted.
+pub const LIFECYCLE_RULE: &str = "add a bucket lifecycle rule with AbortIncompleteMultipartUpload \
+     (DaysAfterInitiation 1) so uploads left by a killed daemon are cleaned up (docs/semantics.md)";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,7 +194,3 @@ mod tests {
         );
     }
 }
-
-/// A daemon killed mid-upload leaves an incomplete multipart upload, billed until aborted.
-pub const LIFECYCLE_RULE: &str = "add a bucket lifecycle rule with AbortIncompleteMultipartUpload \
-     (DaysAfterInitiation 1) so uploads left by a killed daemon are cleaned up (docs/semantics.md)";
