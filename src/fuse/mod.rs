@@ -93,6 +93,18 @@ fn write_read_reply(fd: &OwnedFd, unique: u64, parts: &[Bytes]) -> std::io::Resu
 }
 
 impl<S: ObjectStore> FuseAdapter<S> {
+    /// Answers a change this release does not make (delete, rename, links, xattrs): EROFS on
+    /// a read-only mount, EPERM with --allow-write.
+    fn refuse(&self, op: FuseOp) -> Errno {
+        let e = if self.fs.config().allow_write {
+            Errno::EPERM
+        } else {
+            Errno::EROFS
+        };
+        done(op, Instant::now(), e.code());
+        e
+    }
+
     /// `reply_fd` and `notify` may be filled in after the session is created; until then
     /// replies go through fuser and no invalidation is sent.
     pub fn new(
@@ -146,12 +158,6 @@ static WARN_LIMIT: LazyLock<RateLimit<(&'static str, i32)>> = LazyLock::new(|| R
 /// Counts an answered request in the metrics; `errno` 0 for success.
 fn done(op: FuseOp, started: Instant, errno: i32) {
     metrics::FUSE.record(op, started.elapsed(), errno);
-}
-
-/// Answers a write-like request: the mount is read-only.
-fn read_only(op: FuseOp, started: Instant) -> Errno {
-    done(op, started, libc::EROFS);
-    Errno::EROFS
 }
 
 /// Object keys are UTF-8: a name that is not cannot be created.
@@ -393,11 +399,11 @@ impl<S: ObjectStore> fuser::Filesystem for FuseAdapter<S> {
     }
 
     fn unlink(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(read_only(FuseOp::Write, Instant::now()));
+        reply.error(self.refuse(FuseOp::Write));
     }
 
     fn rmdir(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(read_only(FuseOp::Write, Instant::now()));
+        reply.error(self.refuse(FuseOp::Write));
     }
 
     fn symlink(
@@ -408,7 +414,7 @@ impl<S: ObjectStore> fuser::Filesystem for FuseAdapter<S> {
         _target: &Path,
         reply: ReplyEntry,
     ) {
-        reply.error(read_only(FuseOp::Write, Instant::now()));
+        reply.error(self.refuse(FuseOp::Write));
     }
 
     fn rename(
@@ -421,7 +427,7 @@ impl<S: ObjectStore> fuser::Filesystem for FuseAdapter<S> {
         _flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        reply.error(read_only(FuseOp::Write, Instant::now()));
+        reply.error(self.refuse(FuseOp::Write));
     }
 
     fn link(
@@ -432,7 +438,7 @@ impl<S: ObjectStore> fuser::Filesystem for FuseAdapter<S> {
         _newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        reply.error(read_only(FuseOp::Write, Instant::now()));
+        reply.error(self.refuse(FuseOp::Write));
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -783,11 +789,11 @@ impl<S: ObjectStore> fuser::Filesystem for FuseAdapter<S> {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        reply.error(read_only(FuseOp::Write, Instant::now()));
+        reply.error(self.refuse(FuseOp::Write));
     }
 
     fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(read_only(FuseOp::Write, Instant::now()));
+        reply.error(self.refuse(FuseOp::Write));
     }
 
     fn create(

@@ -592,9 +592,11 @@ fn run_serves_the_endpoints_while_the_app_runs() {
         text()
     );
     assert_eq!(http_get(&addr, "/readyz").0, 200);
-    let m = scrape(&addr);
+    // The app starts once the mount answers: its read may come a moment after /healthz.
     assert!(
-        m.get("s3om_fuse_read_bytes_total", &[]) >= 12.0,
+        poll(Duration::from_secs(30), || scrape(&addr)
+            .get("s3om_fuse_read_bytes_total", &[])
+            >= 12.0),
         "the app's read"
     );
     std::fs::write(&done, b"").unwrap();

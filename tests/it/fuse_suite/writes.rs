@@ -383,6 +383,8 @@ fn changes_to_existing_objects_need_more_flags(kind: Kind) {
         "open for writing",
     );
     eperm(std::fs::write(m.p("old.txt"), b"new"), "overwrite");
+    eperm(std::fs::remove_file(m.p("old.txt")), "unlink");
+    eperm(std::fs::rename(m.p("old.txt"), m.p("moved.txt")), "rename");
     let mut s = String::new();
     std::fs::File::open(m.p("old.txt"))
         .unwrap()
