@@ -191,3 +191,156 @@ pub fn for_app_user(cfg: &mut MountConfig, a: &MountArgs, user: &AppUser) {
     cfg.session.fs.uid = a.uid.unwrap_or(user.uid);
     cfg.session.fs.gid = a.gid.unwrap_or(user.gid);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use clap::Parser;
+
+    fn mount_args(flags: &[&str]) -> MountArgs {
+        let mut argv = vec!["s3-oidc-mount", "mount", "s3://bucket/some/prefix", "/mnt"];
+        argv.extend_from_slice(flags);
+        match Cli::try_parse_from(argv) {
+            Ok(Cli {
+                command: Command::Mount(a),
+                ..
+            }) => a,
+            Ok(_) => unreachable!("a mount command"),
+            Err(e) => panic!("{flags:?}: {e}"),
+        }
+    }
+
+    fn config(flags: &[&str]) -> Result<MountConfig, ConfigError> {
+        mount_config(&mount_args(flags))
+    }
+
+    #[test]
+    fn defaults_and_what_follows_from_the_flags() {
+        type Check = fn(&MountConfig) -> (u64, u64);
+        let cases: &[(&[&str], Check, (u64, u64))] = &[
+            // Read-only: files 0444, directories 0555; writable: 0644, 0755.
+            (
+                &[],
+                |c| (c.session.fs.file_mode.into(), c.session.fs.dir_mode.into()),
+                (0o444, 0o555),
+            ),
+            (
+                &["--allow-write"],
+                |c| (c.session.fs.file_mode.into(), c.session.fs.dir_mode.into()),
+                (0o644, 0o755),
+            ),
+            (
+                &["--allow-write", "--file-mode", "0600"],
+                |c| (c.session.fs.file_mode.into(), c.session.fs.dir_mode.into()),
+                (0o600, 0o755),
+            ),
+            // The write flag reaches the filesystem and the session policy.
+            (
+                &["--allow-write"],
+                |c| (c.session.fs.allow_write.into(), c.auth.access.write.into()),
+                (1, 1),
+            ),
+            (
+                &[],
+                |c| (c.session.fs.allow_write.into(), c.auth.access.write.into()),
+                (0, 0),
+            ),
+            (
+                &["--allow-write", "--write-part-size", "16MiB"],
+                |c| (c.session.fs.write.part_size, 0),
+                (16 << 20, 0),
+            ),
+            // A read part is never smaller than a block.
+            (
+                &["--block-size", "8MiB", "--part-size", "1MiB"],
+                |c| (c.session.fs.part_size, c.session.fs.block_size),
+                (8 << 20, 8 << 20),
+            ),
+            // Reads retry as often as other requests, and wait as long.
+            (
+                &["--max-attempts", "7", "--request-timeout", "3s"],
+                |c| {
+                    (
+                        c.session.fs.read_attempts.into(),
+                        c.session.fs.request_timeout.as_secs(),
+                    )
+                },
+                (7, 3),
+            ),
+            // The mount prefix is the source's, ending in `/`.
+            (&[], |c| (c.session.fs.prefix.len() as u64, 0), (12, 0)),
+            (
+                &["--uid", "123", "--gid", "456"],
+                |c| (c.session.fs.uid.into(), c.session.fs.gid.into()),
+                (123, 456),
+            ),
+            (
+                &["--cache-size", "64MiB"],
+                |c| (c.session.cache_bytes, 0),
+                (64 << 20, 0),
+            ),
+        ];
+        for (flags, get, want) in cases {
+            let c = config(flags).unwrap_or_else(|e| panic!("{flags:?}: {e}"));
+            assert_eq!(get(&c), *want, "{flags:?}");
+        }
+        assert_eq!(config(&[]).unwrap().session.fs.prefix, "some/prefix/");
+        assert_eq!(config(&[]).unwrap().session.fsname, "s3://bucket/some/prefix/");
+    }
+
+    #[test]
+    fn rules_across_flags_refuse_with_the_reason() {
+        let staging = tempfile::tempdir().unwrap();
+        let dir = staging.path().to_str().unwrap();
+        let cases: &[(&[&str], Option<&str>)] = &[
+            (
+                &["--refresh-margin", "2h", "--session-duration", "1h"],
+                Some("must be shorter than --session-duration"),
+            ),
+            (
+                &["--staging-dir", dir],
+                Some("--staging-dir is only used with --allow-write"),
+            ),
+            (
+                &["--allow-write", "--staging-dir", "/nonexistent/dir"],
+                Some("cannot create files there"),
+            ),
+            (&["--allow-write", "--staging-dir", dir], None),
+        ];
+        for (flags, want) in cases {
+            match (config(flags), want) {
+                (Ok(_), None) => {}
+                (Err(e), Some(w)) => assert!(e.to_string().contains(w), "{flags:?}: {e}"),
+                (r, w) => panic!("{flags:?}: got {:?}, wanted {w:?}", r.map(|_| ())),
+            }
+        }
+        let c = config(&["--allow-write", "--staging-dir", dir]).unwrap();
+        assert_eq!(
+            c.session.fs.write.staging_dir.as_deref(),
+            Some(staging.path())
+        );
+    }
+
+    #[test]
+    fn the_app_user_can_reach_and_owns_the_files() {
+        let user = AppUser {
+            uid: 1000,
+            gid: 1001,
+            groups: vec![1001],
+            name: Some("app".into()),
+            home: None,
+        };
+        let a = mount_args(&[]);
+        let mut c = mount_config(&a).unwrap();
+        assert!(!c.session.allow_other);
+        for_app_user(&mut c, &a, &user);
+        assert!(c.session.allow_other, "the app must reach the mount");
+        assert_eq!((c.session.fs.uid, c.session.fs.gid), (1000, 1001));
+        // Explicit owners win.
+        let a = mount_args(&["--uid", "5", "--gid", "6"]);
+        let mut c = mount_config(&a).unwrap();
+        for_app_user(&mut c, &a, &user);
+        assert_eq!((c.session.fs.uid, c.session.fs.gid), (5, 6));
+    }
+}
