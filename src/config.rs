@@ -286,7 +286,10 @@ mod tests {
             assert_eq!(get(&c), *want, "{flags:?}");
         }
         assert_eq!(config(&[]).unwrap().session.fs.prefix, "some/prefix/");
-        assert_eq!(config(&[]).unwrap().session.fsname, "s3://bucket/some/prefix/");
+        assert_eq!(
+            config(&[]).unwrap().session.fsname,
+            "s3://bucket/some/prefix/"
+        );
     }
 
     #[test]

@@ -659,17 +659,8 @@ impl<S: ObjectStore> Fs<S> {
             if write && truncate {
                 file.truncate(&self.writer, 0).await?;
             }
-            let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-            lock(&self.write_handles).insert(
-                fh,
-                WriteHandle {
-                    ino,
-                    file,
-                    writable: write,
-                },
-            );
             return Ok(Opened {
-                fh,
+                fh: self.new_handle(ino, file, write),
                 keep_cache: false,
                 attrs_changed: false,
             });

@@ -68,8 +68,16 @@ fn every_flag_refuses_bad_values() {
         (vec!["--cache-size", "0"], 2, "at least 16MiB"),
         (vec!["--part-size", "100k"], 2, "part size"),
         (vec!["--part-size", "128MiB"], 2, "part size"),
-        (vec!["--write-part-size", "1MiB"], 2, "between 5MiB and 5GiB"),
-        (vec!["--write-part-size", "6GiB"], 2, "between 5MiB and 5GiB"),
+        (
+            vec!["--write-part-size", "1MiB"],
+            2,
+            "between 5MiB and 5GiB",
+        ),
+        (
+            vec!["--write-part-size", "6GiB"],
+            2,
+            "between 5MiB and 5GiB",
+        ),
         (vec!["--allow-write=maybe"], 2, "allow-write"),
         (
             vec!["--staging-dir", "/tmp"],

@@ -452,6 +452,14 @@ pub fn run_bin_with(args: &[&str], spawn: &Spawn, timeout: Duration) -> Finished
     }
 }
 
+/// `r` must have failed with `errno`.
+pub fn assert_errno<T>(r: std::io::Result<T>, errno: i32, what: &str) {
+    match r {
+        Ok(_) => panic!("{what}: succeeded, expected errno {errno}"),
+        Err(e) => assert_eq!(e.raw_os_error(), Some(errno), "{what}: {e}"),
+    }
+}
+
 /// Polls `f` every 100 ms until it holds or `timeout` passes; whether it held.
 pub fn poll(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;

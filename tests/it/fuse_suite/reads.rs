@@ -266,10 +266,7 @@ fn missing_paths_are_enoent_and_writes_are_erofs(kind: Kind) {
             "{p}: {e}"
         );
     }
-    let erofs = |r: std::io::Result<()>, what: &str| {
-        let e = r.expect_err(what);
-        assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{what}: {e}");
-    };
+    let erofs = |r: std::io::Result<()>, what: &str| assert_errno(r, libc::EROFS, what);
     erofs(
         std::fs::OpenOptions::new()
             .write(true)

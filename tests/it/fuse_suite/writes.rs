@@ -37,6 +37,22 @@ fn run(cmd: &mut Command) {
     );
 }
 
+/// Runs a Python script with arguments; its stdout, trimmed (the test fails if it fails).
+fn python(script: &str, args: &[&Path]) -> String {
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 /// The object must hold exactly `want`.
 fn assert_object(b: &Backend, key: &str, want: &[u8]) {
     let got = b
@@ -190,12 +206,7 @@ with zipfile.ZipFile(sys.argv[1], "w", zipfile.ZIP_STORED) as z:
     z.write(sys.argv[2], "a.bin")
     z.write(sys.argv[3], "c.bin")
 "#;
-    run(Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .arg(m.p("out.zip"))
-        .arg(&a)
-        .arg(&c));
+    python(script, &[&m.p("out.zip"), &a, &c]);
     let zip = b.get("out.zip").expect("zip uploaded");
     let copy = m.scratch().join("copy.zip");
     std::fs::write(&copy, &zip).unwrap();
@@ -209,20 +220,7 @@ assert z.read("c.bin") == open(sys.argv[3], "rb").read()
 print(len(z.namelist()))
 "#;
     for path in [&copy, &m.p("out.zip")] {
-        let out = Command::new("python3")
-            .arg("-c")
-            .arg(check)
-            .arg(path)
-            .arg(&a)
-            .arg(&c)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "3");
+        assert_eq!(python(check, &[path, &a, &c]), "3");
     }
 }
 
@@ -244,18 +242,7 @@ db.commit()
 print(db.execute("SELECT count(*), sum(length(v)) FROM t").fetchone())
 db.close()
 "#;
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .arg(m.p("db.sqlite"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let want = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let want = python(script, &[&m.p("db.sqlite")]);
     let copy = m.scratch().join("copy.sqlite");
     std::fs::write(&copy, b.get("db.sqlite").expect("database uploaded")).unwrap();
     let check = r#"
@@ -265,18 +252,7 @@ assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 print(db.execute("SELECT count(*), sum(length(v)) FROM t").fetchone())
 "#;
     for path in [&copy, &m.p("db.sqlite")] {
-        let out = Command::new("python3")
-            .arg("-c")
-            .arg(check)
-            .arg(path)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), want);
+        assert_eq!(python(check, &[path]), want);
     }
 }
 
@@ -371,10 +347,7 @@ fn changes_to_existing_objects_need_more_flags(kind: Kind) {
     let b = Backend::new(kind, "wperm");
     b.put("old.txt", b"old\n");
     let m = b.mount("", WRITE);
-    let eperm = |r: std::io::Result<()>, what: &str| {
-        let e = r.expect_err(what);
-        assert_eq!(e.raw_os_error(), Some(libc::EPERM), "{what}: {e}");
-    };
+    let eperm = |r: std::io::Result<()>, what: &str| assert_errno(r, libc::EPERM, what);
     eperm(
         std::fs::OpenOptions::new()
             .write(true)
