@@ -119,9 +119,18 @@ impl WriteFile {
         let mut st = self.state.lock().await;
         loop {
             match &mut *st {
-                State::Stream(s) => match s.write(w, &self.key, offset, data).await? {
-                    Applied::Done => break,
-                    Applied::NeedsStaging => {
+                State::Stream(s) => match s.write(w, &self.key, offset, data).await {
+                    Ok(Applied::Done) => break,
+                    // A part that could not be uploaded, or a write that cannot be placed:
+                    // the file can no longer become what the app wrote, so it fails whole
+                    // (close returns EIO, nothing appears) rather than become something else.
+                    Err(e @ FsError::Io(_)) => {
+                        s.abort(w, &self.key).await;
+                        *st = State::Failed(e.to_string());
+                        return Err(e);
+                    }
+                    Err(e) => return Err(e),
+                    Ok(Applied::NeedsStaging) => {
                         let staged = Staged::from_stream(w, s)?;
                         tracing::debug!(key = %self.key, offset, "out-of-order write: file staged");
                         *st = State::Staged(staged);
@@ -343,15 +352,27 @@ struct InFlight {
 }
 
 impl InFlight {
-    async fn join(self) -> Result<Part, StoreError> {
-        let etag = self
-            .task
+    async fn join(mut self) -> Result<Part, StoreError> {
+        let etag = (&mut self.task)
             .await
             .map_err(|e| StoreError::Other(format!("upload task: {e}")))??;
         Ok(Part {
             number: self.number,
             etag,
         })
+    }
+
+    /// Stops the upload and waits until it has let go of its bytes.
+    async fn cancel(mut self) {
+        self.task.abort();
+        let _ = (&mut self.task).await;
+    }
+}
+
+/// A part upload nobody waits for any more (an upload given up on an error) is stopped.
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 
@@ -677,8 +698,9 @@ impl Stream {
 
     async fn abort<S: ObjectStore>(&mut self, w: &Writer<S>, key: &str) {
         if let Some(u) = self.upload.take() {
+            // Stopped and awaited, so their bytes are back in the budget on return.
             for f in u.inflight {
-                f.task.abort();
+                f.cancel().await;
             }
             if let Err(e) = w.store.abort_upload(key, &u.id).await {
                 tracing::warn!(key, upload_id = %u.id, error = %e, "cannot abort the multipart upload; a bucket lifecycle rule (AbortIncompleteMultipartUpload) cleans it up");
@@ -952,5 +974,144 @@ async fn upload_staged<S: ObjectStore>(
             }
             Err(e)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::memory::MemoryStore;
+
+    const P: u64 = MIN_PART_SIZE;
+
+    fn writer(budget: usize) -> (Writer<MemoryStore>, Arc<MemoryStore>) {
+        let store = Arc::new(MemoryStore::new());
+        let w = Writer {
+            store: store.clone(),
+            cache: BlockCache::new(budget),
+            cfg: WriteConfig {
+                part_size: P,
+                staging_dir: None,
+            },
+        };
+        (w, store)
+    }
+
+    fn data(len: usize, seed: u8) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+            .collect()
+    }
+
+    /// Writes `d` front to back in 1 MiB writes.
+    async fn write_all(f: &WriteFile, w: &Writer<MemoryStore>, d: &[u8]) {
+        for (i, c) in d.chunks(1 << 20).enumerate() {
+            f.write(w, (i << 20) as u64, c).await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stream_uploads_parts_behind_the_window_and_completes_at_commit() {
+        // Budget 40 MiB: window = max(2 parts, 10 MiB) = 10 MiB.
+        let (w, store) = writer(40 << 20);
+        let f = WriteFile::new("k".into());
+        let d = data((7 * P + 123) as usize, 1);
+        write_all(&f, &w, &d).await;
+        assert_eq!(
+            store.uploads_in_progress(),
+            1,
+            "a multipart upload under way"
+        );
+        assert!(store.get("k").is_none(), "nothing visible before commit");
+        // The head is still held: a fix-up at the start is honoured.
+        f.write(&w, 10, b"HEADER").await.unwrap();
+        // So is the window behind the write point.
+        f.write(&w, 6 * P, b"recent").await.unwrap();
+        f.commit(&w).await.unwrap();
+        let mut want = d.clone();
+        want[10..16].copy_from_slice(b"HEADER");
+        want[6 * P as usize..6 * P as usize + 6].copy_from_slice(b"recent");
+        assert_eq!(store.get("k").unwrap(), want);
+        assert_eq!(store.uploads_in_progress(), 0);
+        assert_eq!(w.cache.held(), 0, "every byte given back");
+    }
+
+    #[tokio::test]
+    async fn a_write_into_uploaded_bytes_fails_and_nothing_appears() {
+        let (w, store) = writer(40 << 20);
+        let f = WriteFile::new("k".into());
+        write_all(&f, &w, &data((7 * P) as usize, 2)).await;
+        // Part 2 ([P, 2P)) went out long ago.
+        let e = f.write(&w, P + 5, b"late").await.unwrap_err();
+        assert!(matches!(e, FsError::Io(_)), "{e:?}");
+        // The file can no longer be what the app wrote: it fails whole.
+        assert!(f.write(&w, 7 * P, b"more").await.is_err());
+        assert!(f.commit(&w).await.is_err());
+        assert!(store.get("k").is_none());
+        assert_eq!(store.uploads_in_progress(), 0, "the upload is aborted");
+        assert_eq!(w.cache.held(), 0);
+    }
+
+    #[tokio::test]
+    async fn out_of_order_early_is_staged_and_uploaded_whole() {
+        let (w, store) = writer(64 << 20);
+        let f = WriteFile::new("db".into());
+        // A database's pattern: page 3, page 1, page 2, then page 1 again.
+        f.write(&w, 8192, &[3; 4096]).await.unwrap();
+        f.write(&w, 0, &[1; 4096]).await.unwrap();
+        f.write(&w, 4096, &[2; 4096]).await.unwrap();
+        f.write(&w, 0, &[9; 10]).await.unwrap();
+        assert_eq!(
+            f.read(4090, 12).await.unwrap(),
+            [1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2]
+        );
+        f.commit(&w).await.unwrap();
+        let got = store.get("db").unwrap();
+        assert_eq!(got.len(), 12288);
+        assert_eq!(&got[..11], &[9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 1]);
+        assert_eq!(got[8192], 3);
+        // The staged bytes are kept after commit: the next change replaces this version.
+        f.write(&w, 12288, &[4; 100]).await.unwrap();
+        f.commit(&w).await.unwrap();
+        assert_eq!(store.get("db").unwrap().len(), 12388);
+        // Changed elsewhere meanwhile: the next upload is refused, nothing overwritten.
+        store.put("db", "someone else");
+        f.write(&w, 0, &[5]).await.unwrap();
+        assert!(f.commit(&w).await.is_err());
+        assert_eq!(&store.get("db").unwrap()[..], b"someone else");
+    }
+
+    #[tokio::test]
+    async fn a_staged_file_beyond_the_budget_fails_with_enospc() {
+        let (w, store) = writer(16 << 20);
+        let f = WriteFile::new("big".into());
+        f.write(&w, 1 << 20, &[1; 100]).await.unwrap(); // a hole first: staged
+        let mut failed = None;
+        for i in 0..32u64 {
+            if let Err(e) = f.write(&w, i << 20, &vec![7; 1 << 20]).await {
+                failed = Some(e);
+                break;
+            }
+        }
+        assert!(matches!(failed, Some(FsError::NoSpace)), "{failed:?}");
+        f.abort(&w, "test").await;
+        assert!(store.get("big").is_none());
+    }
+
+    #[tokio::test]
+    async fn a_name_taken_meanwhile_is_never_overwritten() {
+        let (w, store) = writer(64 << 20);
+        for (len, key) in [(100usize, "small"), ((3 * P) as usize, "large")] {
+            let f = WriteFile::new(key.into());
+            write_all(&f, &w, &data(len, 3)).await;
+            store.put(key, "first");
+            assert!(f.commit(&w).await.is_err(), "{key}");
+            assert_eq!(&store.get(key).unwrap()[..], b"first", "{key}");
+        }
+        assert_eq!(
+            store.uploads_in_progress(),
+            0,
+            "the loser's upload is aborted"
+        );
     }
 }
