@@ -119,7 +119,8 @@ pub trait ObjectStore: Send + Sync + 'static {
 
     fn head(&self, key: &str) -> impl Future<Output = Result<ObjectMeta, StoreError>> + Send;
 
-    /// Writes `body` as the whole object `key`, if `cond` holds (else `PreconditionFailed`).
+    /// Writes `body` as the whole object `key`, if `cond` holds (else `PreconditionFailed`,
+    /// also for `Matches` on a key that is not there).
     fn put_object(
         &self,
         key: &str,
