@@ -1,5 +1,6 @@
 //! Object storage behind a small trait, so the filesystem can be tested without S3.
 
+pub mod conformance;
 pub mod fault;
 pub mod memory;
 mod observe;
