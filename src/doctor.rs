@@ -877,11 +877,10 @@ impl Env for RealEnv {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::ByteStream;
+    use crate::store::fault::{FaultStore, Op, Rule};
     use crate::store::memory::MemoryStore;
     use base64::Engine;
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    use std::ops::Range;
     use std::sync::Arc;
 
     const SIG: &str = "c2lnbmF0dXJlLW5vdC1zaG93bg";
@@ -898,91 +897,10 @@ mod tests {
         .unwrap()
     }
 
-    /// A store that may refuse listings or reads, over an in-memory one.
-    #[derive(Clone)]
-    struct FakeStore {
-        inner: Arc<MemoryStore>,
-        deny_list: bool,
-        deny_get: bool,
-    }
-
     fn denied() -> StoreError {
         StoreError::AccessDenied {
             code: "AccessDenied".into(),
             message: "HTTP 403".into(),
-        }
-    }
-
-    impl ObjectStore for FakeStore {
-        async fn list_page(
-            &self,
-            prefix: &str,
-            delimited: bool,
-            from: ListFrom,
-            max_keys: Option<i32>,
-        ) -> Result<ListPage, StoreError> {
-            if self.deny_list {
-                return Err(denied());
-            }
-            self.inner
-                .list_page(prefix, delimited, from, max_keys)
-                .await
-        }
-
-        async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {
-            if self.deny_get {
-                return Err(denied());
-            }
-            self.inner.head(key).await
-        }
-
-        async fn get_range(
-            &self,
-            key: &str,
-            range: Range<u64>,
-            etag: &str,
-            size: u64,
-        ) -> Result<ByteStream, StoreError> {
-            self.inner.get_range(key, range, etag, size).await
-        }
-
-        async fn put_object(
-            &self,
-            key: &str,
-            body: bytes::Bytes,
-            cond: &crate::store::Precondition,
-        ) -> Result<crate::store::Written, StoreError> {
-            self.inner.put_object(key, body, cond).await
-        }
-
-        async fn create_upload(&self, key: &str) -> Result<String, StoreError> {
-            self.inner.create_upload(key).await
-        }
-
-        async fn upload_part(
-            &self,
-            key: &str,
-            upload_id: &str,
-            number: u32,
-            body: bytes::Bytes,
-        ) -> Result<String, StoreError> {
-            self.inner.upload_part(key, upload_id, number, body).await
-        }
-
-        async fn complete_upload(
-            &self,
-            key: &str,
-            upload_id: &str,
-            parts: &[crate::store::Part],
-            cond: &crate::store::Precondition,
-        ) -> Result<crate::store::Written, StoreError> {
-            self.inner
-                .complete_upload(key, upload_id, parts, cond)
-                .await
-        }
-
-        async fn abort_upload(&self, key: &str, upload_id: &str) -> Result<(), StoreError> {
-            self.inner.abort_upload(key, upload_id).await
         }
     }
 
@@ -991,30 +909,26 @@ mod tests {
         token_exp: u64,
         sts: Option<StsError>,
         aws_chain: bool,
-        store: FakeStore,
+        store: Arc<FaultStore<MemoryStore>>,
     }
 
     impl FakeEnv {
         fn healthy() -> FakeEnv {
-            let inner = Arc::new(MemoryStore::new());
-            inner.put("data/dir/a.bin", vec![7u8; 5000]);
-            inner.put("data/empty", Vec::new());
+            let store = Arc::new(FaultStore::new(MemoryStore::new()));
+            store.inner().put("data/dir/a.bin", vec![7u8; 5000]);
+            store.inner().put("data/empty", Vec::new());
             FakeEnv {
                 metadata_up: true,
                 token_exp: now_unix() + 3600,
                 sts: None,
                 aws_chain: true,
-                store: FakeStore {
-                    inner,
-                    deny_list: false,
-                    deny_get: false,
-                },
+                store,
             }
         }
     }
 
     impl Env for FakeEnv {
-        type Store = FakeStore;
+        type Store = Arc<FaultStore<MemoryStore>>;
 
         async fn metadata(&self) -> Result<String, String> {
             if self.metadata_up {
@@ -1063,7 +977,7 @@ mod tests {
             }
         }
 
-        fn store(&self, _c: Credentials) -> FakeStore {
+        fn store(&self, _c: Credentials) -> Self::Store {
             self.store.clone()
         }
     }
@@ -1185,8 +1099,8 @@ mod tests {
 
     #[tokio::test]
     async fn refused_listing_and_reads_name_the_permission() {
-        let mut env = FakeEnv::healthy();
-        env.store.deny_list = true;
+        let env = FakeEnv::healthy();
+        env.store.add(Rule::new(Op::List).fail(denied()));
         let r = diagnose(&env, &target(CredentialMode::Gcp, "data/")).await;
         let list = r.step(LIST).unwrap();
         assert_eq!(list.outcome, Outcome::Fail);
@@ -1202,8 +1116,8 @@ mod tests {
             "arn:aws:s3:::b/data/*"
         );
 
-        let mut env = FakeEnv::healthy();
-        env.store.deny_get = true;
+        let env = FakeEnv::healthy();
+        env.store.add(Rule::new(Op::Head).fail(denied()));
         let r = diagnose(&env, &target(CredentialMode::Gcp, "data/")).await;
         let read = r.step(READ).unwrap();
         assert_eq!(read.outcome, Outcome::Fail);
@@ -1215,6 +1129,32 @@ mod tests {
             "{read:?}"
         );
         assert!(!r.passed());
+    }
+
+    #[tokio::test]
+    async fn a_short_or_failing_body_fails_the_read() {
+        let env = FakeEnv::healthy();
+        env.store
+            .add(Rule::new(Op::GetRange).first(1).short_body(100));
+        env.store
+            .add(Rule::new(Op::GetRange).body_error(10, denied()));
+        let r = diagnose(&env, &target(CredentialMode::Gcp, "data/")).await;
+        let read = r.step(READ).unwrap();
+        assert_eq!(read.outcome, Outcome::Fail);
+        assert!(
+            read.detail.contains("100 bytes received, 1024 asked"),
+            "{read:?}"
+        );
+        assert_eq!(read.fix.as_deref(), Some(advice::TRUNCATED));
+        // Refused half-way: the permission is named as for a refused GET.
+        let r = diagnose(&env, &target(CredentialMode::Gcp, "data/")).await;
+        let read = r.step(READ).unwrap();
+        assert_eq!(read.outcome, Outcome::Fail);
+        assert!(
+            read.fix.as_deref().unwrap().contains("s3:GetObject"),
+            "{read:?}"
+        );
+        assert_eq!(env.store.calls(Op::GetRange), 2);
     }
 
     #[tokio::test]

@@ -8,6 +8,8 @@ pub mod names;
 mod proptests;
 pub mod read;
 #[cfg(test)]
+mod read_faults;
+#[cfg(test)]
 mod tests;
 pub mod write;
 

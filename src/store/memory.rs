@@ -99,8 +99,8 @@ impl MemoryStore {
         match (cond, current) {
             (Precondition::Absent, None) => Ok(()),
             (Precondition::Matches(e), Some(c)) if e == c => Ok(()),
-            // AWS answers If-Match on a missing key with 404.
-            (Precondition::Matches(_), None) => Err(StoreError::NotFound),
+            // If-Match on a missing key too: the S3 store answers it so whether the server
+            // says 404 (AWS) or 412 (Ceph RGW 16).
             _ => Err(StoreError::PreconditionFailed),
         }
     }

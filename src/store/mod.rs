@@ -1,5 +1,7 @@
 //! Object storage behind a small trait, so the filesystem can be tested without S3.
 
+pub mod conformance;
+pub mod fault;
 pub mod memory;
 mod observe;
 pub mod s3;
@@ -8,6 +10,7 @@ pub mod urlkey;
 use std::future::Future;
 use std::ops::Range;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -117,7 +120,8 @@ pub trait ObjectStore: Send + Sync + 'static {
 
     fn head(&self, key: &str) -> impl Future<Output = Result<ObjectMeta, StoreError>> + Send;
 
-    /// Writes `body` as the whole object `key`, if `cond` holds (else `PreconditionFailed`).
+    /// Writes `body` as the whole object `key`, if `cond` holds (else `PreconditionFailed`,
+    /// also for `Matches` on a key that is not there).
     fn put_object(
         &self,
         key: &str,
@@ -173,4 +177,72 @@ pub trait ObjectStore: Send + Sync + 'static {
         etag: &str,
         size: u64,
     ) -> impl Future<Output = Result<ByteStream, StoreError>> + Send;
+}
+
+/// A shared store is a store (a test keeps a handle on the one it hands out).
+impl<S: ObjectStore> ObjectStore for Arc<S> {
+    fn list_page(
+        &self,
+        prefix: &str,
+        delimited: bool,
+        from: ListFrom,
+        max_keys: Option<i32>,
+    ) -> impl Future<Output = Result<ListPage, StoreError>> + Send {
+        (**self).list_page(prefix, delimited, from, max_keys)
+    }
+
+    fn head(&self, key: &str) -> impl Future<Output = Result<ObjectMeta, StoreError>> + Send {
+        (**self).head(key)
+    }
+
+    fn put_object(
+        &self,
+        key: &str,
+        body: Bytes,
+        cond: &Precondition,
+    ) -> impl Future<Output = Result<Written, StoreError>> + Send {
+        (**self).put_object(key, body, cond)
+    }
+
+    fn create_upload(&self, key: &str) -> impl Future<Output = Result<String, StoreError>> + Send {
+        (**self).create_upload(key)
+    }
+
+    fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: u32,
+        body: Bytes,
+    ) -> impl Future<Output = Result<String, StoreError>> + Send {
+        (**self).upload_part(key, upload_id, number, body)
+    }
+
+    fn complete_upload(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[Part],
+        cond: &Precondition,
+    ) -> impl Future<Output = Result<Written, StoreError>> + Send {
+        (**self).complete_upload(key, upload_id, parts, cond)
+    }
+
+    fn abort_upload(
+        &self,
+        key: &str,
+        upload_id: &str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        (**self).abort_upload(key, upload_id)
+    }
+
+    fn get_range(
+        &self,
+        key: &str,
+        range: Range<u64>,
+        etag: &str,
+        size: u64,
+    ) -> impl Future<Output = Result<ByteStream, StoreError>> + Send {
+        (**self).get_range(key, range, etag, size)
+    }
 }

@@ -185,6 +185,27 @@ where
     }
 }
 
+/// `classify` for a conditional write: `If-Match` on a key that is not there is a failed
+/// condition, as the trait promises. AWS answers it with 404 NoSuchKey, Ceph RGW 16 with
+/// 412; either way the version the write expected is gone. (A 404 NoSuchUpload of a
+/// completion stays NotFound.)
+fn classify_write<E>(cond: &Precondition) -> impl Fn(SdkError<E, HttpResponse>) -> StoreError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let if_match = matches!(cond, Precondition::Matches(_));
+    move |err| {
+        let no_such_key = err
+            .as_service_error()
+            .is_some_and(|e| e.code() == Some("NoSuchKey"));
+        if if_match && no_such_key {
+            StoreError::PreconditionFailed
+        } else {
+            classify(err)
+        }
+    }
+}
+
 /// Fails an attempt whose successful XML answer does not end with its root's closing tag,
 /// as a response error (which the SDK retries). The SDK's XML reader accepts a document cut
 /// off between two elements, so a LIST answer cut short with matching framing (a broken
@@ -359,7 +380,7 @@ impl ObjectStore for S3Store {
             }
             .send()
         };
-        let mut result = put(None).await.map_err(classify);
+        let mut result = put(None).await.map_err(classify_write(cond));
         // Ceph RGW 16 compares If-Match on PUT with the ETag without its quotes, so it
         // refuses the quoted (RFC 7232) form even when the version is the one expected. When
         // the object there is exactly that version, ask again in RGW's form (AWS S3 never
@@ -372,7 +393,9 @@ impl ObjectStore for S3Store {
                 key,
                 "If-Match refused for the current version; asking again unquoted"
             );
-            result = put(Some(e.trim_matches('"'))).await.map_err(classify);
+            result = put(Some(e.trim_matches('"')))
+                .await
+                .map_err(classify_write(cond));
         }
         match result {
             Ok(out) => Ok(Written {
@@ -455,10 +478,20 @@ impl ObjectStore for S3Store {
             Precondition::Absent => req.if_none_match("*"),
             Precondition::Matches(e) => req.if_match(e),
         };
-        match req.send().await.map_err(classify) {
-            Ok(out) => Ok(Written {
-                etag: out.e_tag().unwrap_or("").to_string(),
-            }),
+        match req.send().await.map_err(classify_write(cond)) {
+            Ok(out) => {
+                let etag = match out.e_tag() {
+                    Some(e) if !e.is_empty() => e.to_string(),
+                    // Ceph RGW 16 answers `<ETag></ETag>`. The ETag S3 gives a multipart
+                    // object is the one computed from the parts; where it cannot be (parts
+                    // not MD5s), ask.
+                    _ => match multipart_etag(parts) {
+                        Some(e) => e,
+                        None => self.head(key).await.map(|m| m.etag).unwrap_or_default(),
+                    },
+                };
+                Ok(Written { etag })
+            }
             Err(e) => {
                 self.written_by_a_lost_answer(key, e, multipart_etag(parts))
                     .await

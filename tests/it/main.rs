@@ -21,3 +21,4 @@ mod namespace;
 mod ops;
 mod run;
 mod soak;
+mod store_conformance;
