@@ -966,10 +966,19 @@ impl<S: ObjectStore> Fs<S> {
     }
 
     /// Writes `data` at `offset` through handle `fh`.
-    pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32, FsError> {
+    pub async fn write(
+        &self,
+        fh: u64,
+        offset: u64,
+        data: &[u8],
+        pid: Option<u32>,
+    ) -> Result<u32, FsError> {
         let h = self.write_handle(fh)?;
         if !h.writable {
             return Err(FsError::BadHandle);
+        }
+        if let Some(pid) = pid {
+            h.file.note_writer(pid);
         }
         h.file.write(&self.writer, offset, data).await?;
         Ok(data.len() as u32)
@@ -985,7 +994,7 @@ impl<S: ObjectStore> Fs<S> {
 
     /// close(): the close of the last handle that may write uploads the file, and its
     /// result is close()'s.
-    pub async fn flush(&self, fh: u64) -> Result<(), FsError> {
+    pub async fn flush(&self, fh: u64, pid: Option<u32>) -> Result<(), FsError> {
         let Ok(h) = self.write_handle(fh) else {
             return Ok(());
         };
@@ -995,6 +1004,13 @@ impl<S: ObjectStore> Fs<S> {
         // A close before anything was written is usually that of a descriptor dup'ed first
         // (a shell redirection, dd): the file is uploaded at a later close, or at release.
         if !h.file.touched() {
+            return Ok(());
+        }
+        // Nor is a close by a process that never wrote to the file (a child that inherited
+        // the descriptor, closing it at exec): the writer's own close uploads it, or release.
+        if let Some(pid) = pid
+            && !h.file.written_by(pid)
+        {
             return Ok(());
         }
         self.commit(h.ino, &h.file).await

@@ -58,6 +58,8 @@ pub struct WriteFile {
     touched: std::sync::atomic::AtomicBool,
     /// Modification time reported while it is written (utimes may set it).
     mtime: std::sync::Mutex<SystemTime>,
+    /// Processes (thread group ids) that wrote to it; `None` in the set: one not known.
+    writers: std::sync::Mutex<std::collections::HashSet<Option<u32>>>,
     state: tokio::sync::Mutex<State>,
 }
 
@@ -79,6 +81,7 @@ impl WriteFile {
             key,
             size: AtomicU64::new(0),
             touched: false.into(),
+            writers: Default::default(),
             mtime: std::sync::Mutex::new(SystemTime::now()),
             state: tokio::sync::Mutex::new(State::Stream(Stream::default())),
         }
@@ -86,6 +89,23 @@ impl WriteFile {
 
     pub fn size(&self) -> u64 {
         self.size.load(Ordering::Relaxed)
+    }
+
+    /// Notes that thread `tid` (the pid of a FUSE write) wrote to the file.
+    pub fn note_writer(&self, tid: u32) {
+        let p = process_of(tid);
+        crate::util::lock(&self.writers).insert(p);
+    }
+
+    /// Whether the closing thread `tid` belongs to a process that wrote to the file (true
+    /// when that cannot be told). A child that inherited the descriptor and closes it at
+    /// exec must not publish the file half-written.
+    pub fn written_by(&self, tid: u32) -> bool {
+        let w = crate::util::lock(&self.writers);
+        if w.is_empty() || w.contains(&None) {
+            return true;
+        }
+        process_of(tid).is_none_or(|p| w.contains(&Some(p)))
     }
 
     /// Whether anything was written (or the size set) since it was created.
@@ -292,6 +312,19 @@ impl WriteFile {
             State::Committed { .. } | State::Failed(_) => false,
         }
     }
+}
+
+/// The process (thread group) of thread `tid`, from /proc; `None` when it cannot be told
+/// (0: outside the daemon's pid namespace; gone).
+fn process_of(tid: u32) -> Option<u32> {
+    if tid == 0 {
+        return None;
+    }
+    std::fs::read_to_string(format!("/proc/{tid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// What the write path needs of the filesystem.

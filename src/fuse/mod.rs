@@ -350,7 +350,7 @@ impl<S: ObjectStore> fuser::Filesystem for FuseAdapter<S> {
         self.rt.spawn(async move {
             // A file made by mknod is empty and closed: upload it as it is.
             let r = match fs.create(parent.0, &name).await {
-                Ok((a, fh)) => fs.flush(fh).await.map(|()| (a, fh)),
+                Ok((a, fh)) => fs.flush(fh, None).await.map(|()| (a, fh)),
                 Err(e) => Err(e),
             };
             match r {
@@ -529,7 +529,7 @@ impl<S: ObjectStore> fuser::Filesystem for FuseAdapter<S> {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -543,8 +543,9 @@ impl<S: ObjectStore> fuser::Filesystem for FuseAdapter<S> {
         // The kernel's buffer is only lent for this call: the one copy of the bytes.
         let data = data.to_vec();
         let fs = self.fs.clone();
+        let pid = req.pid();
         self.rt.spawn(async move {
-            match fs.write(fh.0, offset, &data).await {
+            match fs.write(fh.0, offset, &data, Some(pid)).await {
                 Ok(n) => {
                     done(FuseOp::Write, t0, 0);
                     reply.written(n)
@@ -560,7 +561,7 @@ impl<S: ObjectStore> fuser::Filesystem for FuseAdapter<S> {
 
     fn flush(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         _lock_owner: LockOwner,
@@ -568,8 +569,9 @@ impl<S: ObjectStore> fuser::Filesystem for FuseAdapter<S> {
     ) {
         let t0 = Instant::now();
         let fs = self.fs.clone();
+        let pid = req.pid();
         self.rt.spawn(async move {
-            match fs.flush(fh.0).await {
+            match fs.flush(fh.0, Some(pid)).await {
                 Ok(()) => {
                     done(FuseOp::Flush, t0, 0);
                     reply.ok()
