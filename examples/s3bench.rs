@@ -935,8 +935,8 @@ async fn put(a: &PutArgs) -> Result<()> {
     let data = tokio::task::spawn_blocking(move || random_bytes(size)).await?;
     let (cpu0, _) = rusage();
     let t0 = Instant::now();
-    let (etag, requests) = if size <= a.part_size {
-        let etag = put_object(
+    let requests = if size <= a.part_size {
+        put_object(
             c.clone(),
             bucket.to_string(),
             a.key.clone(),
@@ -944,9 +944,9 @@ async fn put(a: &PutArgs) -> Result<()> {
             a.upload,
         )
         .await?;
-        (etag, 1)
+        1
     } else {
-        let etag = multipart(
+        multipart(
             &c,
             bucket,
             &a.key,
@@ -956,12 +956,22 @@ async fn put(a: &PutArgs) -> Result<()> {
             a.upload,
         )
         .await?;
-        (etag, size.div_ceil(a.part_size) + 2)
+        size.div_ceil(a.part_size) + 2
     };
     let secs = t0.elapsed().as_secs_f64();
     let (cpu1, rss) = rusage();
-    let stored = object_size(&c, bucket, &a.key).await?;
+    // RGW's answer to CompleteMultipartUpload has no ETag the SDK reads: ask.
+    let h = c
+        .head_object()
+        .bucket(bucket)
+        .key(&a.key)
+        .send()
+        .await
+        .map_err(sdk_err)
+        .with_context(|| format!("HEAD {}", a.key))?;
+    let stored = h.content_length().unwrap_or(0).max(0) as u64;
     ensure!(stored == size, "{} has {stored} bytes, not {size}", a.key);
+    let etag = h.e_tag().unwrap_or_default();
     let cpu = cpu1 - cpu0;
     println!(
         "bytes={size} seconds={secs:.3} mib_per_s={:.1} cpu_seconds={cpu:.3} cpu_seconds_per_gib={:.3} max_rss_mib={rss:.1} requests={requests} etag={}",

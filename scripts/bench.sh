@@ -230,8 +230,9 @@ cpu_ticks() {
     echo $((f[11] + f[12]))
 }
 
-# Peak RSS (VmHWM) of a process, MiB.
-hwm_mib() { awk '/^VmHWM:/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; }
+# Peak RSS (VmHWM) of a process, MiB; hwm_rss PID FIELD: another field of /proc/PID/status.
+hwm_mib() { hwm_rss "$1" VmHWM; }
+hwm_rss() { awk -v f="$2:" '$1 == f { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; }
 
 # RGW's own perf counters: "GET+HEAD requests, GET body bytes" so far. get_b counts the whole range
 # RGW processed, even when the client hung up after a few bytes, so it is only a cross-check.
@@ -575,6 +576,17 @@ w_clean() {
         { log "  cleaning $W_PREFIX failed: $(tail -n 2 "$LOGS/s3bench.err" | tr '\n' ' ')"; return 1; }
     [[ $(kv aborted "$out") == 0 ]] || log "  aborted $(kv aborted "$out") unfinished multipart uploads under $W_PREFIX"
     rm -rf -- "${DIR:?}/rclone-cache"
+    # RGW frees the data of deleted objects only in its garbage collection, by default 2 h
+    # later; the memstore OSD holds it in RAM (about 1.5 GiB per GiB written) meanwhile, and
+    # a few runs of 1 GiB writes would exhaust the machine's memory. Collect it now.
+    timeout 120 radosgw-admin -c "$RGW/ceph.conf" gc process --include-all >>"$LOGS/rgw-gc.log" 2>&1 ||
+        log "  warning: RGW garbage collection failed (see $LOGS/rgw-gc.log)"
+}
+
+# Resident MiB of the memstore OSD (where RGW keeps the objects).
+osd_rss_mib() {
+    local pid
+    pid=$(cat "$RGW/run/osd.0.ceph-pid" 2>/dev/null) && hwm_rss "$pid" VmRSS || echo "?"
 }
 
 # Flush what earlier runs left dirty, and read file(s) $@ into the page cache.
@@ -838,7 +850,7 @@ main() {
     for ((run = 1; run <= RUNS; run++)); do
         for w in $READ_WORKLOADS $WRITE_WORKLOADS; do
             [[ -n ${SELECTED[$w]:-} ]] || continue
-            log "run $run/$RUNS: $w (load $(cut -d' ' -f1 /proc/loadavg))"
+            log "run $run/$RUNS: $w (load $(cut -d' ' -f1 /proc/loadavg), RGW's OSD $(osd_rss_mib) MiB)"
             for c in "${CLIENTS[@]}"; do
                 [[ $c == raw && -z ${raw_has[$w]:-} ]] && continue
                 "w_$w" "$c" || fail "$c" "$w"
