@@ -1,14 +1,16 @@
-//! `s3bench`: the raw GET client of the benchmark (`scripts/bench.sh`), and its helpers.
+//! `s3bench`: the raw GET and PUT client of the benchmark (`scripts/bench.sh`), and its helpers.
 //!
 //! A plain aws-sdk-s3 client with the settings any S3 program would use: path-style URLs,
 //! the endpoint from `S3_ENDPOINT` (or `--endpoint-url`), keys from `AWS_ACCESS_KEY_ID` /
 //! `AWS_SECRET_ACCESS_KEY`, region from `AWS_REGION` (default us-east-1), SDK defaults for
-//! everything else. It is the baseline the FUSE mounts are compared with: what reading the
-//! same bytes costs without a filesystem in between.
+//! everything else. It is the baseline the FUSE mounts are compared with: what reading (or
+//! writing) the same bytes costs without a filesystem in between. Uploads send Content-MD5
+//! on every PutObject and UploadPart and no SDK CRC32 (`WhenRequired`), as s3-oidc-mount
+//! does, so both pay for the same integrity check (`--no-md5` drops it).
 //!
 //! ```text
 //! cargo build --release --example s3bench
-//! s3bench put-data  --bucket B                  create the bucket and the data set (skips what exists)
+//! s3bench put-data  --bucket B [--bucket-only]  create the bucket and the data set (skips what exists)
 //! s3bench get       --bucket B [-c N] [--part-size 8MiB|0] KEY...
 //!                                               read objects with N connections in ranged parts
 //!                                               (0 = one GET per object), check the byte count
@@ -17,6 +19,18 @@
 //! s3bench ttfb      --bucket B [--samples 9] KEY  median latency of a cold 4 KiB ranged GET
 //! s3bench list      --bucket B --prefix P [--delimiter /]
 //!                                               time a full listing (every ListObjectsV2 page)
+//! s3bench put       --bucket B [-c 4] [--part-size 8MiB] [--size 1GiB] KEY
+//!                                               upload one object of random bytes held in memory:
+//!                                               a multipart upload, N parts in flight (one
+//!                                               PutObject when it fits in one part)
+//! s3bench put-many  --bucket B --prefix P [-c 1] [--count 1000] [--size 4KiB]
+//!                                               COUNT PutObjects of SIZE, N at a time: files/s
+//! s3bench wait-objects --bucket B --prefix P --count N [--size S] [--since T]
+//!                                               wait until N objects (of size S) are listed under
+//!                                               P, print seconds since T
+//! s3bench verify    --bucket B KEY --file F     check the object's size and ETag against a file
+//! s3bench delete    --bucket B --prefix P       delete every object (and unfinished multipart
+//!                                               upload) under P
 //! s3bench open-read PATH [--bytes 4096]         time open + read of a local file (a mount)
 //! s3bench wait-mount MOUNTPOINT --since T [--pid P]
 //!                                               wait until MOUNTPOINT is in /proc/self/mountinfo,
@@ -46,7 +60,7 @@ const GIB: u64 = 1 << 30;
 #[derive(Parser)]
 #[command(
     name = "s3bench",
-    about = "Raw S3 GET client and helpers for scripts/bench.sh"
+    about = "Raw S3 GET/PUT client and helpers for scripts/bench.sh"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -67,6 +81,18 @@ enum Cmd {
     Ttfb(TtfbArgs),
     /// Time a full listing of a prefix (every ListObjectsV2 page), new client.
     List(ListArgs),
+    /// Upload one object of random bytes from memory, as a multipart upload with N parts in
+    /// flight; print MiB/s and the CPU seconds of this process.
+    Put(PutArgs),
+    /// Upload COUNT small objects, N at a time; print files/s.
+    PutMany(PutManyArgs),
+    /// Wait until COUNT objects (of SIZE, if given) are listed under a prefix; print seconds
+    /// since --since.
+    WaitObjects(WaitObjectsArgs),
+    /// Check an object's size and ETag against a local file (any part size).
+    Verify(VerifyArgs),
+    /// Delete every object and unfinished multipart upload under a prefix.
+    Delete(DeleteArgs),
     /// Time open + read of the first bytes of a local file (a file on a fresh mount).
     OpenRead(OpenReadArgs),
     /// Wait until a mountpoint appears in /proc/self/mountinfo; print seconds since --since.
@@ -99,6 +125,9 @@ struct PutDataArgs {
     /// Size of each small object.
     #[arg(long, default_value = "1KiB", value_parser = parse_size)]
     small_size: u64,
+    /// Only create the bucket (for the write workloads, which need no data set).
+    #[arg(long)]
+    bucket_only: bool,
 }
 
 #[derive(Args)]
@@ -159,6 +188,98 @@ struct ListArgs {
     delimiter: Option<String>,
 }
 
+/// How uploads are sent.
+#[derive(Args, Clone, Copy)]
+struct UploadOpts {
+    /// Send no Content-MD5 (the SDK then sends no checksum at all).
+    #[arg(long)]
+    no_md5: bool,
+    /// Sign the request without hashing the body (UNSIGNED-PAYLOAD) instead of the
+    /// SDK's default SHA-256 of every byte.
+    #[arg(long)]
+    unsigned_payload: bool,
+}
+
+#[derive(Args)]
+struct PutArgs {
+    #[command(flatten)]
+    s3: S3Args,
+    #[command(flatten)]
+    upload: UploadOpts,
+    /// Parts in flight at once (each on its own connection).
+    #[arg(short = 'c', long, default_value_t = 4)]
+    connections: usize,
+    /// Bytes per part.
+    #[arg(long, default_value = "8MiB", value_parser = parse_size)]
+    part_size: u64,
+    /// Size of the object.
+    #[arg(long, default_value = "1GiB", value_parser = parse_size)]
+    size: u64,
+    /// The key to write (it is overwritten if it exists).
+    key: String,
+}
+
+#[derive(Args)]
+struct PutManyArgs {
+    #[command(flatten)]
+    s3: S3Args,
+    #[command(flatten)]
+    upload: UploadOpts,
+    /// Keys are PREFIX followed by f0000, f0001, ...
+    #[arg(long)]
+    prefix: String,
+    /// PutObjects at once (1: one after another, as `cp -r` writes).
+    #[arg(short = 'c', long, default_value_t = 1)]
+    connections: usize,
+    /// Number of objects.
+    #[arg(long, default_value_t = 1000)]
+    count: usize,
+    /// Size of each object.
+    #[arg(long, default_value = "4KiB", value_parser = parse_size)]
+    size: u64,
+}
+
+#[derive(Args)]
+struct WaitObjectsArgs {
+    #[command(flatten)]
+    s3: S3Args,
+    /// Prefix to list (no delimiter: every key under it).
+    #[arg(long)]
+    prefix: String,
+    /// Objects to wait for.
+    #[arg(long)]
+    count: usize,
+    /// Count only objects of this size (directory markers and partial objects are not).
+    #[arg(long, value_parser = parse_size)]
+    size: Option<u64>,
+    /// Start time as Unix seconds with a fraction (bash's $EPOCHREALTIME); default: now.
+    #[arg(long)]
+    since: Option<f64>,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 300.0)]
+    timeout: f64,
+}
+
+#[derive(Args)]
+struct VerifyArgs {
+    #[command(flatten)]
+    s3: S3Args,
+    /// The local file the object should be a copy of.
+    #[arg(long)]
+    file: PathBuf,
+    /// The object.
+    key: String,
+}
+
+#[derive(Args)]
+struct DeleteArgs {
+    #[command(flatten)]
+    s3: S3Args,
+    /// Prefix to empty (must not be empty).
+    #[arg(long)]
+    prefix: String,
+}
+
 #[derive(Args)]
 struct OpenReadArgs {
     /// File to open and read.
@@ -200,6 +321,11 @@ fn main() -> Result<()> {
                     Cmd::Randget(a) => randget(&a).await,
                     Cmd::Ttfb(a) => ttfb(&a).await,
                     Cmd::List(a) => list(&a).await,
+                    Cmd::Put(a) => put(&a).await,
+                    Cmd::PutMany(a) => put_many(&a).await,
+                    Cmd::WaitObjects(a) => wait_objects(&a).await,
+                    Cmd::Verify(a) => verify(&a).await,
+                    Cmd::Delete(a) => delete(&a).await,
                     Cmd::OpenRead(_) | Cmd::WaitMount(_) => unreachable!(),
                 }
             })
@@ -209,6 +335,22 @@ fn main() -> Result<()> {
 
 /// A client as a plain program would make it: keys from the environment, path style.
 fn client(s3: &S3Args) -> Result<Client> {
+    Ok(Client::from_conf(config(s3)?.build()))
+}
+
+/// The client of the uploads: the SDK adds no checksum of its own (the request carries
+/// Content-MD5 instead, as s3-oidc-mount's do).
+fn upload_client(s3: &S3Args) -> Result<Client> {
+    Ok(Client::from_conf(
+        config(s3)?
+            .request_checksum_calculation(
+                aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired,
+            )
+            .build(),
+    ))
+}
+
+fn config(s3: &S3Args) -> Result<aws_sdk_s3::config::Builder> {
     let var = |name: &str| {
         std::env::var(name).with_context(|| format!("{name} is not set (source the RGW env file)"))
     };
@@ -220,14 +362,12 @@ fn client(s3: &S3Args) -> Result<Client> {
         "environment",
     );
     let region = std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".to_string());
-    let conf = aws_sdk_s3::Config::builder()
+    Ok(aws_sdk_s3::Config::builder()
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new(region))
         .endpoint_url(&s3.endpoint_url)
         .force_path_style(true)
-        .credentials_provider(creds)
-        .build();
-    Ok(Client::from_conf(conf))
+        .credentials_provider(creds))
 }
 
 /// An SDK error with its causes on one line (the SDK's own Display is only the top level).
@@ -346,6 +486,9 @@ async fn put_data(a: &PutDataArgs) -> Result<()> {
                 return Err(sdk_err(e)).context(format!("creating bucket {bucket}"));
             }
         }
+    }
+    if a.bucket_only {
+        return Ok(());
     }
 
     // What is there already (key -> size), so that a second run only fills gaps.
@@ -635,6 +778,448 @@ async fn list(a: &ListArgs) -> Result<()> {
 }
 
 // ---------------------------------------------------------------------------------------
+// put, put-many, wait-objects, verify, delete
+
+fn md5_digest(b: &[u8]) -> [u8; 16] {
+    use md5::Digest;
+    md5::Md5::digest(b).into()
+}
+
+fn b64(d: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(d)
+}
+
+fn hex(d: &[u8]) -> String {
+    d.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// One PutObject; returns the ETag.
+async fn put_object(
+    c: Client,
+    bucket: String,
+    key: String,
+    body: Bytes,
+    o: UploadOpts,
+) -> Result<String> {
+    let mut req = c.put_object().bucket(bucket).key(&key);
+    if !o.no_md5 {
+        req = req.content_md5(b64(&md5_digest(&body)));
+    }
+    let req = req.body(ByteStream::from(body));
+    let out = if o.unsigned_payload {
+        req.customize().disable_payload_signing().send().await
+    } else {
+        req.send().await
+    };
+    let out = out
+        .map_err(sdk_err)
+        .with_context(|| format!("PutObject {key}"))?;
+    Ok(out.e_tag().unwrap_or_default().to_string())
+}
+
+/// One UploadPart; returns the completed part.
+async fn upload_part(
+    c: Client,
+    bucket: String,
+    key: String,
+    upload_id: String,
+    number: i32,
+    body: Bytes,
+    o: UploadOpts,
+) -> Result<CompletedPart> {
+    let mut req = c
+        .upload_part()
+        .bucket(bucket)
+        .key(&key)
+        .upload_id(upload_id)
+        .part_number(number);
+    if !o.no_md5 {
+        req = req.content_md5(b64(&md5_digest(&body)));
+    }
+    let req = req.body(ByteStream::from(body));
+    let out = if o.unsigned_payload {
+        req.customize().disable_payload_signing().send().await
+    } else {
+        req.send().await
+    };
+    let out = out
+        .map_err(sdk_err)
+        .with_context(|| format!("UploadPart {key} #{number}"))?;
+    Ok(CompletedPart::builder()
+        .part_number(number)
+        .set_e_tag(out.e_tag().map(str::to_string))
+        .build())
+}
+
+/// Multipart upload of `data` in parts of `part_size`, `parallel` parts in flight; returns
+/// the ETag. The upload is aborted if a part fails.
+async fn multipart(
+    c: &Client,
+    bucket: &str,
+    key: &str,
+    data: &Bytes,
+    part_size: u64,
+    parallel: usize,
+    o: UploadOpts,
+) -> Result<String> {
+    let up = c
+        .create_multipart_upload()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .map_err(sdk_err)
+        .with_context(|| format!("CreateMultipartUpload {key}"))?;
+    let id = up.upload_id().context("no upload id")?.to_string();
+    let size = data.len() as u64;
+    let parts = size.div_ceil(part_size);
+    let result: Result<Vec<CompletedPart>> = stream::iter(0..parts)
+        .map(|i| {
+            let start = i * part_size;
+            let body = data.slice(start as usize..(start + part_size).min(size) as usize);
+            tokio::spawn(upload_part(
+                c.clone(),
+                bucket.to_string(),
+                key.to_string(),
+                id.clone(),
+                i as i32 + 1,
+                body,
+                o,
+            ))
+        })
+        .buffer_unordered(parallel.max(1))
+        .map(|r| r.map_err(anyhow::Error::from).and_then(|r| r))
+        .try_collect()
+        .await;
+    let mut done = match result {
+        Ok(d) => d,
+        Err(e) => {
+            let _ = c
+                .abort_multipart_upload()
+                .bucket(bucket)
+                .key(key)
+                .upload_id(&id)
+                .send()
+                .await;
+            return Err(e);
+        }
+    };
+    done.sort_by_key(|p| p.part_number());
+    let out = c
+        .complete_multipart_upload()
+        .bucket(bucket)
+        .key(key)
+        .upload_id(id)
+        .multipart_upload(
+            CompletedMultipartUpload::builder()
+                .set_parts(Some(done))
+                .build(),
+        )
+        .send()
+        .await
+        .map_err(sdk_err)
+        .with_context(|| format!("CompleteMultipartUpload {key}"))?;
+    Ok(out.e_tag().unwrap_or_default().to_string())
+}
+
+async fn put(a: &PutArgs) -> Result<()> {
+    ensure!(
+        a.size > 0 && a.part_size > 0,
+        "--size and --part-size must be positive"
+    );
+    let c = upload_client(&a.s3)?;
+    let bucket = a.s3.bucket.as_str();
+    let size = a.size;
+    // The content exists before the clock starts: this measures the upload, not a source.
+    let data = tokio::task::spawn_blocking(move || random_bytes(size)).await?;
+    let (cpu0, _) = rusage();
+    let t0 = Instant::now();
+    let requests = if size <= a.part_size {
+        put_object(
+            c.clone(),
+            bucket.to_string(),
+            a.key.clone(),
+            data.clone(),
+            a.upload,
+        )
+        .await?;
+        1
+    } else {
+        multipart(
+            &c,
+            bucket,
+            &a.key,
+            &data,
+            a.part_size,
+            a.connections,
+            a.upload,
+        )
+        .await?;
+        size.div_ceil(a.part_size) + 2
+    };
+    let secs = t0.elapsed().as_secs_f64();
+    let (cpu1, rss) = rusage();
+    // RGW's answer to CompleteMultipartUpload has no ETag the SDK reads: ask.
+    let h = c
+        .head_object()
+        .bucket(bucket)
+        .key(&a.key)
+        .send()
+        .await
+        .map_err(sdk_err)
+        .with_context(|| format!("HEAD {}", a.key))?;
+    let stored = h.content_length().unwrap_or(0).max(0) as u64;
+    ensure!(stored == size, "{} has {stored} bytes, not {size}", a.key);
+    let etag = h.e_tag().unwrap_or_default();
+    let cpu = cpu1 - cpu0;
+    println!(
+        "bytes={size} seconds={secs:.3} mib_per_s={:.1} cpu_seconds={cpu:.3} cpu_seconds_per_gib={:.3} max_rss_mib={rss:.1} requests={requests} etag={}",
+        size as f64 / MIB as f64 / secs,
+        cpu / (size as f64 / GIB as f64),
+        etag.trim_matches('"'),
+    );
+    Ok(())
+}
+
+async fn put_many(a: &PutManyArgs) -> Result<()> {
+    ensure!(a.count > 0, "--count must be positive");
+    let c = upload_client(&a.s3)?;
+    let bodies: Vec<Bytes> = (0..a.count).map(|_| random_bytes(a.size)).collect();
+    let (cpu0, _) = rusage();
+    let t0 = Instant::now();
+    let n = stream::iter(bodies.into_iter().enumerate())
+        .map(|(i, body)| {
+            tokio::spawn(put_object(
+                c.clone(),
+                a.s3.bucket.clone(),
+                format!("{}f{i:04}", a.prefix),
+                body,
+                a.upload,
+            ))
+        })
+        .buffer_unordered(a.connections.max(1))
+        .map(|r| r.map_err(anyhow::Error::from).and_then(|r| r))
+        .try_fold(0usize, |acc, _| async move { Ok(acc + 1) })
+        .await?;
+    let secs = t0.elapsed().as_secs_f64();
+    let (cpu1, _) = rusage();
+    println!(
+        "files={n} seconds={secs:.3} files_per_s={:.1} ms_per_file={:.3} cpu_seconds={:.3}",
+        n as f64 / secs,
+        secs * 1e3 / n as f64,
+        cpu1 - cpu0,
+    );
+    Ok(())
+}
+
+/// Every object under `prefix` (no delimiter): (key, size).
+async fn list_all(c: &Client, bucket: &str, prefix: &str) -> Result<Vec<(String, u64)>> {
+    let mut pages = c
+        .list_objects_v2()
+        .bucket(bucket)
+        .prefix(prefix)
+        .into_paginator()
+        .send();
+    let mut out = Vec::new();
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(sdk_err).context("ListObjectsV2")?;
+        for o in page.contents() {
+            if let Some(k) = o.key() {
+                out.push((k.to_string(), o.size().unwrap_or(0).max(0) as u64));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn unix_now() -> Result<f64> {
+    Ok(SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs_f64())
+}
+
+async fn wait_objects(a: &WaitObjectsArgs) -> Result<()> {
+    let since = match a.since {
+        Some(t) => t,
+        None => unix_now()?,
+    };
+    let c = client(&a.s3)?;
+    let t0 = Instant::now();
+    let mut polls = 0u64;
+    loop {
+        let objects = list_all(&c, &a.s3.bucket, &a.prefix).await?;
+        polls += 1;
+        let n = objects
+            .iter()
+            .filter(|(_, s)| a.size.is_none_or(|want| *s == want))
+            .count();
+        if n >= a.count {
+            println!(
+                "seconds={:.4} objects={n} polls={polls}",
+                unix_now()? - since
+            );
+            return Ok(());
+        }
+        if t0.elapsed().as_secs_f64() > a.timeout {
+            bail!(
+                "{n} of {} objects under {} after {} s",
+                a.count,
+                a.prefix,
+                a.timeout
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The ETag S3 gives `path`'s content uploaded in parts of `part` bytes (`None`: in one
+/// PutObject): the MD5 of the body, or the MD5 of the parts' MD5s followed by `-N`.
+fn file_etag(path: &Path, part: Option<u64>) -> Result<String> {
+    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let chunk = part.unwrap_or(8 * MIB) as usize;
+    let mut buf = vec![0u8; chunk];
+    let mut whole = <md5::Md5 as md5::Digest>::new();
+    let mut digests = Vec::new();
+    loop {
+        let mut n = 0;
+        while n < chunk {
+            let r = f.read(&mut buf[n..])?;
+            if r == 0 {
+                break;
+            }
+            n += r;
+        }
+        if n == 0 {
+            break;
+        }
+        if part.is_some() {
+            digests.extend_from_slice(&md5_digest(&buf[..n]));
+        } else {
+            md5::Digest::update(&mut whole, &buf[..n]);
+        }
+        if n < chunk {
+            break;
+        }
+    }
+    Ok(match part {
+        None => hex(&md5::Digest::finalize(whole)),
+        Some(_) => format!("{}-{}", hex(&md5_digest(&digests)), digests.len() / 16),
+    })
+}
+
+async fn verify(a: &VerifyArgs) -> Result<()> {
+    let c = client(&a.s3)?;
+    let h = c
+        .head_object()
+        .bucket(&a.s3.bucket)
+        .key(&a.key)
+        .send()
+        .await
+        .map_err(sdk_err)
+        .with_context(|| format!("HEAD {}", a.key))?;
+    let size = h.content_length().unwrap_or(0).max(0) as u64;
+    let etag = h.e_tag().unwrap_or_default().trim_matches('"').to_string();
+    let want = std::fs::metadata(&a.file)
+        .with_context(|| format!("{}", a.file.display()))?
+        .len();
+    ensure!(size == want, "{} has {size} bytes, the file {want}", a.key);
+    // A multipart ETag does not say the part size; try the whole-MiB sizes that give as
+    // many parts (every client here uses such sizes).
+    let candidates: Vec<Option<u64>> = match etag.split_once('-') {
+        None => vec![None],
+        Some((_, n)) => {
+            let n: u64 = n.parse().with_context(|| format!("ETag {etag}"))?;
+            (5..=5 * 1024)
+                .map(|m| m * MIB)
+                .filter(|p| size.div_ceil(*p) == n)
+                .take(4)
+                .map(Some)
+                .collect()
+        }
+    };
+    for part in &candidates {
+        if file_etag(&a.file, *part)? == etag {
+            let parts = part.map_or(1, |p| size.div_ceil(p));
+            let mib = part.map_or(0, |p| p / MIB);
+            println!("size={size} etag={etag} parts={parts} part_size_mib={mib} checked=etag");
+            return Ok(());
+        }
+    }
+    // Parts of another layout (s3fs folds a short last part into the one before): compare
+    // the content itself.
+    let out = c
+        .get_object()
+        .bucket(&a.s3.bucket)
+        .key(&a.key)
+        .send()
+        .await
+        .map_err(sdk_err)
+        .with_context(|| format!("GET {}", a.key))?;
+    let mut body = out.body;
+    let mut got = <md5::Md5 as md5::Digest>::new();
+    while let Some(chunk) = body.try_next().await? {
+        md5::Digest::update(&mut got, &chunk);
+    }
+    let got = hex(&md5::Digest::finalize(got));
+    ensure!(
+        got == file_etag(&a.file, None)?,
+        "{}: the content differs from {} (MD5 {got})",
+        a.key,
+        a.file.display()
+    );
+    let parts = etag.split_once('-').map_or("1", |(_, n)| n);
+    println!("size={size} etag={etag} parts={parts} part_size_mib=? checked=content");
+    Ok(())
+}
+
+async fn delete(a: &DeleteArgs) -> Result<()> {
+    ensure!(!a.prefix.is_empty(), "--prefix must not be empty");
+    let c = client(&a.s3)?;
+    let bucket = a.s3.bucket.as_str();
+    let keys = list_all(&c, bucket, &a.prefix).await?;
+    let deleted = keys.len();
+    stream::iter(keys)
+        .map(|(key, _)| {
+            let c = c.clone();
+            async move {
+                c.delete_object()
+                    .bucket(bucket)
+                    .key(&key)
+                    .send()
+                    .await
+                    .map_err(sdk_err)
+                    .with_context(|| format!("DeleteObject {key}"))
+            }
+        })
+        .buffer_unordered(16)
+        .try_collect::<Vec<_>>()
+        .await?;
+    let uploads = c
+        .list_multipart_uploads()
+        .bucket(bucket)
+        .prefix(&a.prefix)
+        .send()
+        .await
+        .map_err(sdk_err)
+        .context("ListMultipartUploads")?;
+    let mut aborted = 0;
+    for u in uploads.uploads() {
+        if let (Some(k), Some(id)) = (u.key(), u.upload_id()) {
+            c.abort_multipart_upload()
+                .bucket(bucket)
+                .key(k)
+                .upload_id(id)
+                .send()
+                .await
+                .map_err(sdk_err)
+                .with_context(|| format!("AbortMultipartUpload {k}"))?;
+            aborted += 1;
+        }
+    }
+    println!("deleted={deleted} aborted={aborted}");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
 // open-read, wait-mount
 
 fn open_read(a: &OpenReadArgs) -> Result<()> {
@@ -713,6 +1298,22 @@ mod tests {
     }
 
     #[test]
+    fn etags_of_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"0123456789").unwrap();
+        assert_eq!(
+            file_etag(&path, None).unwrap(),
+            "781e5e245d69b566979b86e28d23f2c7"
+        );
+        // Parts "0123", "4567", "89": the MD5 of their MD5s, then the count.
+        assert_eq!(
+            file_etag(&path, Some(4)).unwrap(),
+            "61e3716e3a7767581863b67c4e785584-3"
+        );
+    }
+
+    #[test]
     fn data_set_shape() {
         let a = PutDataArgs::defaults_for_test();
         let (large, small) = data_set(&a);
@@ -734,6 +1335,7 @@ mod tests {
                 flat_objects: 10_000,
                 tree_dirs: 100,
                 small_size: 1024,
+                bucket_only: false,
             }
         }
     }

@@ -1,23 +1,27 @@
 #!/usr/bin/env bash
-# Benchmarks s3-oidc-mount against the raw GET client (examples/s3bench.rs), s3fs and rclone on a
+# Benchmarks s3-oidc-mount against the raw S3 client (examples/s3bench.rs), s3fs and rclone on a
 # local Ceph RGW, and prints one markdown table on stdout (progress on stderr).
 #
 #   scripts/bench.sh
 #
 # As root on Debian/Ubuntu with /dev/fuse: installs fio, s3fs, rclone and nftables (apt) and Ceph
 # RGW (scripts/rgw.sh install) if missing, starts its own RGW on 127.0.0.1, builds the release binaries,
-# uploads the data set (about 2.1 GiB), runs every workload for every client on a fresh mount with
-# dropped page caches, and stops everything it started. Method and latest table: docs/performance.md.
+# uploads the data set (about 2.1 GiB; only when a read workload runs), runs every workload for every
+# client on a fresh mount (read workloads with dropped page caches), and stops everything it started.
+# Method and latest table: docs/performance.md.
 #
 # Environment:
 #   BENCH_RUNS=3                  runs of each measurement; the table shows medians
 #   BENCH_CACHE_SIZE=256MiB       s3-oidc-mount --cache-size
 #   BENCH_QUICK=1                 smoke run: 1 run, 3 s random reads, 1 time-to-first-byte sample
 #   BENCH_CLIENTS="s3-oidc-mount raw s3fs rclone"   the clients to measure
+#   BENCH_WORKLOADS="seq1 seq4 rand1m rand4k ttfb ls find stat wseq wsmall"   the workloads to run;
+#                                 reads: seq1..stat (they need the data set), writes: wseq wsmall
 #   BENCH_RAND_SECONDS=15         time limit of a random-read run (it also stops after one pass)
 #   BENCH_TTFB_SAMPLES=3          time-to-first-byte samples (fresh mounts) per run
 #   BENCH_DIR=/tmp/s3om-bench     state: RGW, mountpoint, logs (removed at the end)
 #   BENCH_RGW_PORT=18480 BENCH_RGW_MON_PORT=18789   ports of the RGW it starts
+#   BENCH_METRICS_PORT=18481      s3-oidc-mount --http-addr 127.0.0.1:PORT during the write workloads
 #   BENCH_INSTALL=0               do not apt-get install missing fio/s3fs/rclone/nftables
 #   BENCH_KEEP_LOGS=1             keep BENCH_DIR/logs (daemon logs, fio output) after the run
 set -euo pipefail
@@ -35,12 +39,15 @@ if [[ ${BENCH_QUICK:-0} == 1 ]]; then
     RUNS=1 RAND_SECONDS=3 TTFB_SAMPLES=1
 fi
 read -r -a CLIENTS <<<"${BENCH_CLIENTS:-s3-oidc-mount raw s3fs rclone}"
+readonly READ_WORKLOADS="seq1 seq4 rand1m rand4k ttfb ls find stat" WRITE_WORKLOADS="wseq wsmall"
+read -r -a WORKLOADS <<<"${BENCH_WORKLOADS:-$READ_WORKLOADS $WRITE_WORKLOADS}"
 DIR=$(realpath -m -- "${BENCH_DIR:-/tmp/s3om-bench}")
 RGW_PORT=${BENCH_RGW_PORT:-18480}
 RGW_MON_PORT=${BENCH_RGW_MON_PORT:-18789}
+METRICS_PORT=${BENCH_METRICS_PORT:-18481}
 readonly BUCKET=bench GIB=1073741824 MIB=1048576
 
-for v in RUNS RAND_SECONDS TTFB_SAMPLES; do
+for v in RUNS RAND_SECONDS TTFB_SAMPLES METRICS_PORT; do
     [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer, not '${!v}'"
 done
 for c in "${CLIENTS[@]}"; do
@@ -49,6 +56,18 @@ for c in "${CLIENTS[@]}"; do
         *) die "unknown client '$c' in BENCH_CLIENTS (s3-oidc-mount raw s3fs rclone)" ;;
     esac
 done
+# SELECTED[w] is set for each workload to run; READS is 1 when any read workload is among them.
+declare -A SELECTED=()
+READS=0
+for w in "${WORKLOADS[@]}"; do
+    [[ " $READ_WORKLOADS $WRITE_WORKLOADS " == *" $w "* ]] ||
+        die "unknown workload '$w' in BENCH_WORKLOADS ($READ_WORKLOADS $WRITE_WORKLOADS)"
+    SELECTED[$w]=1
+    if [[ " $READ_WORKLOADS " == *" $w "* ]]; then READS=1; fi
+done
+((${#SELECTED[@]} > 0)) || die "BENCH_WORKLOADS is empty"
+# Row 11 (mount ready) is measured by the read workloads' mounts.
+((READS == 0)) || SELECTED[mount]=1
 [[ $(id -u) -eq 0 ]] || die "run as root (FUSE mounts, apt-get, /proc/sys/vm/drop_caches)"
 [[ -e /dev/fuse ]] || die "/dev/fuse is missing (modprobe fuse, or --device /dev/fuse)"
 command -v cargo >/dev/null || die "cargo not found; install Rust (https://rustup.rs)"
@@ -173,7 +192,8 @@ declare -A R=() FAILS=()
 # The workload that measures each metric.
 declare -A WORKLOAD_OF=([seq1_mibs]=seq1 [seq1c_mibs]=seq1 [seq4c_mibs]=seq1 [cpu_per_gib]=seq1
     [rss1_mib]=seq1 [seq4j_mibs]=seq4 [rss4_mib]=seq4 [rand1m_mibs]=rand1m [rand4k_iops]=rand4k
-    [fetched_ratio]=rand4k [fetched_seq1]=seq1 [fetched_seq4]=seq4 [ttfb_ms]=ttfb [ls_s]=ls [find_s]=find [stat_s]=stat [ready_s]=mount)
+    [fetched_ratio]=rand4k [fetched_seq1]=seq1 [fetched_seq4]=seq4 [ttfb_ms]=ttfb [ls_s]=ls [find_s]=find [stat_s]=stat [ready_s]=mount
+    [wseq_mibs]=wseq [wseq4_mibs]=wseq [wseq16_mibs]=wseq [wcpu_per_gib]=wseq [wrss_mib]=wseq [wsmall_fps]=wsmall)
 add() { R[$1,$2]="${R[$1,$2]:-} $3"; }
 fail() {
     FAILS[$1,$2]=$((${FAILS[$1,$2]:-0} + 1))
@@ -210,8 +230,9 @@ cpu_ticks() {
     echo $((f[11] + f[12]))
 }
 
-# Peak RSS (VmHWM) of a process, MiB.
-hwm_mib() { awk '/^VmHWM:/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; }
+# Peak RSS (VmHWM) of a process, MiB; hwm_rss PID FIELD: another field of /proc/PID/status.
+hwm_mib() { hwm_rss "$1" VmHWM; }
+hwm_rss() { awk -v f="$2:" '$1 == f { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; }
 
 # RGW's own perf counters: "GET+HEAD requests, GET body bytes" so far. get_b counts the whole range
 # RGW processed, even when the client hung up after a few bytes, so it is only a cross-check.
@@ -264,30 +285,40 @@ print(max(j["error"] for j in jobs), sum(x["io_bytes"] for x in r), sum(x["bw_by
 EOF
 }
 
-# Start client $1 on $MNT, wait until the mount appears, record the time that took.
+# Start client $1 on $MNT, wait until the mount appears, record the time that took. $2 = rw: in
+# the client's write mode (the write workloads), not counted in row 11.
 mount_client() {
-    local c=$1 t0 out
+    local c=$1 mode=${2:-ro} t0 out opts=()
     force_unmount
     mkdir -p "$MNT"
     t0=$EPOCHREALTIME
     case $c in
         s3-oidc-mount)
+            [[ $mode == rw ]] && opts=(--allow-write --http-addr "127.0.0.1:$METRICS_PORT")
             AWS_EC2_METADATA_DISABLED=true NO_COLOR=1 "$S3OM" mount "s3://$BUCKET" "$MNT" \
                 --endpoint-url "$S3_ENDPOINT" --force-path-style --credentials aws \
-                --cache-size "$CACHE_SIZE" >>"$LOGS/$c.log" 2>&1 &
+                --cache-size "$CACHE_SIZE" "${opts[@]}" >>"$LOGS/$c.log" 2>&1 &
             ;;
         s3fs)
-            s3fs "$BUCKET" "$MNT" -f \
-                -o "passwd_file=$PRIV/s3fs.passwd,url=$S3_ENDPOINT,use_path_request_style,ro" >>"$LOGS/$c.log" 2>&1 &
+            # Writable, s3fs stages each open file in an unlinked temporary file (in /tmp) and
+            # uploads it at flush (multipart: 10 MiB parts, 5 in parallel).
+            opts=(-o "passwd_file=$PRIV/s3fs.passwd,url=$S3_ENDPOINT,use_path_request_style")
+            [[ $mode == rw ]] || opts[1]+=",ro"
+            s3fs "$BUCKET" "$MNT" -f "${opts[@]}" >>"$LOGS/$c.log" 2>&1 &
             ;;
         rclone)
+            # Writable: the VFS cache in "writes" mode (a written file goes to the cache dir, and
+            # is uploaded after close; --vfs-write-back 0s starts that upload at once instead of
+            # 5 s later).
+            opts=(--read-only)
+            [[ $mode == rw ]] && opts=(--vfs-cache-mode writes --vfs-write-back 0s --cache-dir "$DIR/rclone-cache")
             # AWS_CA_BUNDLE (set on some machines) makes rclone's S3 backend fail at start with
             # "LoadCustomCABundleError ... unsupported transport"; the endpoint is plain HTTP anyway.
             env -u AWS_CA_BUNDLE RCLONE_CONFIG="$PRIV/rclone.conf" RCLONE_CONFIG_BENCH_TYPE=s3 \
                 RCLONE_CONFIG_BENCH_PROVIDER=Ceph RCLONE_CONFIG_BENCH_ENDPOINT="$S3_ENDPOINT" \
                 RCLONE_CONFIG_BENCH_ACCESS_KEY_ID="$AWS_ACCESS_KEY_ID" \
                 RCLONE_CONFIG_BENCH_SECRET_ACCESS_KEY="$AWS_SECRET_ACCESS_KEY" \
-                rclone mount "bench:$BUCKET" "$MNT" --read-only >>"$LOGS/$c.log" 2>&1 &
+                rclone mount "bench:$BUCKET" "$MNT" "${opts[@]}" >>"$LOGS/$c.log" 2>&1 &
             ;;
     esac
     MPID=$! MCLIENT=$c
@@ -297,7 +328,7 @@ mount_client() {
         unmount_client
         return 1
     fi
-    add "$c" ready_s "$(kv seconds "$out")"
+    [[ $mode == rw ]] || add "$c" ready_s "$(kv seconds "$out")"
 }
 
 fmt_mib() { printf '%.0f' "$1"; }
@@ -515,6 +546,165 @@ w_stat() {
 }
 
 # ------------------------------------------------------------------------------------------------
+# Write workloads. Each FUSE run: a fresh mount in the client's write mode, the source warm in the
+# page cache, the copy timed from its start until S3 lists the whole result (for s3-oidc-mount and
+# s3fs that is the close; rclone uploads after the close, so it is later), then the result is
+# checked and deleted with the raw client. Nothing of it is under W_PREFIX between runs.
+
+readonly W_PREFIX=w/
+W_SEQ_SRC="" W_SMALL_SRC="" # set by write_sources
+
+# The sources, made once: a 1 GiB file of random bytes and a directory of 1,000 files of 4 KiB,
+# in $DIR/tmp (on the disk unless /tmp is a tmpfs; read from the page cache in every run).
+write_sources() {
+    W_SEQ_SRC=$DIR/tmp/w1GiB.bin W_SMALL_SRC=$DIR/tmp/small
+    if [[ -n ${SELECTED[wseq]:-} && ! -f $W_SEQ_SRC ]]; then
+        head -c "$GIB" /dev/urandom >"$W_SEQ_SRC.part" && mv "$W_SEQ_SRC.part" "$W_SEQ_SRC"
+    fi
+    if [[ -n ${SELECTED[wsmall]:-} && ! -d $W_SMALL_SRC ]]; then
+        mkdir -p "$W_SMALL_SRC.part"
+        head -c $((1000 * 4096)) /dev/urandom | split -b 4096 -a 3 -d - "$W_SMALL_SRC.part/f"
+        mv "$W_SMALL_SRC.part" "$W_SMALL_SRC"
+    fi
+    log "write sources in $DIR/tmp ($(df --output=fstype "$DIR/tmp" | tail -n 1)), read from the page cache"
+}
+
+# Delete everything under W_PREFIX (and unfinished multipart uploads) with the raw client.
+w_clean() {
+    local out
+    out=$("$S3BENCH" delete --bucket "$BUCKET" --prefix "$W_PREFIX" 2>>"$LOGS/s3bench.err") ||
+        { log "  cleaning $W_PREFIX failed: $(tail -n 2 "$LOGS/s3bench.err" | tr '\n' ' ')"; return 1; }
+    [[ $(kv aborted "$out") == 0 ]] || log "  aborted $(kv aborted "$out") unfinished multipart uploads under $W_PREFIX"
+    rm -rf -- "${DIR:?}/rclone-cache"
+    # RGW frees the data of deleted objects only in its garbage collection, by default 2 h
+    # later; the memstore OSD holds it in RAM (about 1.5 GiB per GiB written) meanwhile, and
+    # a few runs of 1 GiB writes would exhaust the machine's memory. Collect it now.
+    timeout 120 radosgw-admin -c "$RGW/ceph.conf" gc process --include-all >>"$LOGS/rgw-gc.log" 2>&1 ||
+        log "  warning: RGW garbage collection failed (see $LOGS/rgw-gc.log)"
+}
+
+# Resident MiB of the memstore OSD (where RGW keeps the objects).
+osd_rss_mib() {
+    local pid
+    pid=$(cat "$RGW/run/osd.0.ceph-pid" 2>/dev/null) && hwm_rss "$pid" VmRSS || echo "?"
+}
+
+# Flush what earlier runs left dirty, and read file(s) $@ into the page cache.
+w_prepare() {
+    sync
+    cat -- "$@" >/dev/null
+}
+
+# s3-oidc-mount's write counters after a run, on one line (its /metrics; the mount is fresh, so
+# they count this run only). The whole scrape goes to $LOGS/metrics-$1.txt.
+s3om_write_metrics() {
+    curl -fsS --max-time 5 "http://127.0.0.1:$METRICS_PORT/metrics" >"$LOGS/metrics-$1.txt" 2>/dev/null ||
+        { echo "metrics unavailable"; return 0; }
+    awk '
+        function lbl(s, k,   i, r) { i = index(s, k "=\""); if (!i) return ""; r = substr(s, i + length(k) + 2); return substr(r, 1, index(r, "\"") - 1) }
+        /^s3om_uploads_total/ { up[lbl($1, "outcome")] = $2 }
+        /^s3om_upload_bytes_total / { bytes = $2 }
+        /^s3om_s3_request_duration_seconds_(count|sum)\{/ { split($1, a, "{"); s3[lbl($1, "op"), a[1] ~ /_sum$/] = $2 }
+        /^s3om_fuse_request_duration_seconds_(count|sum)\{/ { split($1, a, "{"); fu[lbl($1, "op"), a[1] ~ /_sum$/] = $2 }
+        /^s3om_retries_total/ { retries += $2 }
+        function mean(t, op) { return t[op, 0] > 0 ? sprintf("%d, mean %.1f ms", t[op, 0], 1000 * t[op, 1] / t[op, 0]) : "0" }
+        END {
+            printf "uploads completed %d failed %d, %.1f MiB; FUSE write %s, create %s, flush %s; S3 PutObject %s, UploadPart %s, CompleteMultipartUpload %s, HeadObject %s; retries %d\n",
+                up["completed"], up["failed"], bytes / 1048576, mean(fu, "write"), mean(fu, "create"), mean(fu, "flush"),
+                mean(s3, "PutObject"), mean(s3, "UploadPart"), mean(s3, "CompleteMultipartUpload"), mean(s3, "HeadObject"), retries
+        }' "$LOGS/metrics-$1.txt"
+}
+
+# Workload 13-15: sequential write of 1 GiB with dd (1 MiB writes), timed until S3 has the object.
+w_wseq() {
+    local c=$1 out key=${W_PREFIX}1GiB.bin t0 t1 secs cpu0 cpu1 rss m="" load n
+    load=$(cut -d' ' -f1 /proc/loadavg)
+    w_clean || return 1
+    if [[ $c == raw ]]; then
+        for n in 4 16; do
+            out=$("$S3BENCH" put --bucket "$BUCKET" -c "$n" --part-size 8MiB --size 1GiB "$key") || return 1
+            add raw "wseq${n}_mibs" "$(kv mib_per_s "$out")"
+            [[ $n == 4 ]] && add raw wcpu_per_gib "$(kv cpu_seconds_per_gib "$out")"
+            log "  raw, 8 MiB parts x $n in flight: $(kv mib_per_s "$out") MiB/s, $(kv cpu_seconds_per_gib "$out") CPU s/GiB, load $load"
+            w_clean || return 1
+        done
+        # For the CPU analysis only (not in the table): the same upload without hashing the
+        # body (no Content-MD5, UNSIGNED-PAYLOAD instead of the SDK's SHA-256).
+        out=$("$S3BENCH" put --bucket "$BUCKET" -c 4 --part-size 8MiB --size 1GiB --no-md5 --unsigned-payload "$key") ||
+            return 1
+        log "  raw, 8 MiB x 4, no MD5, unsigned payload: $(kv mib_per_s "$out") MiB/s, $(kv cpu_seconds_per_gib "$out") CPU s/GiB"
+        w_clean || return 1
+        return 0
+    fi
+    mount_client "$c" rw || return 1
+    if ! mkdir -p "$MNT/${W_PREFIX%/}" || ! w_prepare "$W_SEQ_SRC" || ! cpu0=$(cpu_ticks "$MPID"); then
+        unmount_client
+        return 1
+    fi
+    t0=$EPOCHREALTIME
+    dd if="$W_SEQ_SRC" of="$MNT/$key" bs=1M status=none 2>>"$LOGS/dd.err" ||
+        { log "  dd failed: $(tail -n 2 "$LOGS/dd.err" | tr '\n' ' ')"; unmount_client; return 1; }
+    t1=$EPOCHREALTIME
+    if ! out=$("$S3BENCH" wait-objects --bucket "$BUCKET" --prefix "$key" --count 1 --size 1GiB --since "$t0" \
+        --timeout 300 2>>"$LOGS/s3bench.err") || ! cpu1=$(cpu_ticks "$MPID") || ! rss=$(hwm_mib "$MPID"); then
+        log "  $key did not appear: $(tail -n 2 "$LOGS/s3bench.err" | tr '\n' ' ')"
+        unmount_client
+        return 1
+    fi
+    [[ $c == s3-oidc-mount ]] && m=$(s3om_write_metrics "wseq-$c-$(date +%s)")
+    unmount_client
+    secs=$(kv seconds "$out")
+    out=$("$S3BENCH" verify --bucket "$BUCKET" --file "$W_SEQ_SRC" "$key" 2>>"$LOGS/s3bench.err") ||
+        { log "  $key is not a copy of the source: $(tail -n 2 "$LOGS/s3bench.err" | tr '\n' ' ')"; return 1; }
+    w_clean || return 1
+    add "$c" wseq_mibs "$(calc "1024 / $secs")"
+    add "$c" wcpu_per_gib "$(calc "($cpu1 - $cpu0) / $CLK_TCK")"
+    add "$c" wrss_mib "$rss"
+    log "  $c: $(fmt_mib "$(calc "1024 / $secs")") MiB/s ($(calc "$t1 - $t0") s to close, $secs s until listed)," \
+        "$(calc "($cpu1 - $cpu0) / $CLK_TCK") CPU s, peak RSS $rss MiB, $(kv parts "$out") parts of $(kv part_size_mib "$out") MiB" \
+        "(checked: $(kv checked "$out")), load $load"
+    [[ -z $m ]] || log "    $m"
+}
+
+# Workload 16: `cp -r` of 1,000 files of 4 KiB into a new directory, timed until S3 lists all.
+w_wsmall() {
+    local c=$1 out t0 t1 secs cpu0 cpu1 m="" load
+    load=$(cut -d' ' -f1 /proc/loadavg)
+    w_clean || return 1
+    if [[ $c == raw ]]; then
+        out=$("$S3BENCH" put-many --bucket "$BUCKET" --prefix "${W_PREFIX}small/" -c 1 --count 1000 --size 4KiB) ||
+            return 1
+        add raw wsmall_fps "$(kv files_per_s "$out")"
+        log "  raw, 1,000 PutObjects one at a time: $(kv files_per_s "$out") files/s, load $load"
+        w_clean
+        return
+    fi
+    mount_client "$c" rw || return 1
+    if ! mkdir -p "$MNT/${W_PREFIX%/}" || ! w_prepare "$W_SMALL_SRC"/* || ! cpu0=$(cpu_ticks "$MPID"); then
+        unmount_client
+        return 1
+    fi
+    t0=$EPOCHREALTIME
+    cp -r "$W_SMALL_SRC" "$MNT/${W_PREFIX}small" 2>>"$LOGS/cp.err" ||
+        { log "  cp -r failed: $(tail -n 2 "$LOGS/cp.err" | tr '\n' ' ')"; unmount_client; return 1; }
+    t1=$EPOCHREALTIME
+    if ! out=$("$S3BENCH" wait-objects --bucket "$BUCKET" --prefix "${W_PREFIX}small/" --count 1000 --size 4KiB \
+        --since "$t0" --timeout 300 2>>"$LOGS/s3bench.err") || ! cpu1=$(cpu_ticks "$MPID"); then
+        log "  the 1,000 files did not appear: $(tail -n 2 "$LOGS/s3bench.err" | tr '\n' ' ')"
+        unmount_client
+        return 1
+    fi
+    [[ $c == s3-oidc-mount ]] && m=$(s3om_write_metrics "wsmall-$c-$(date +%s)")
+    unmount_client
+    w_clean || return 1
+    secs=$(kv seconds "$out")
+    add "$c" wsmall_fps "$(calc "1000 / $secs")"
+    log "  $c: $(printf '%.0f' "$(calc "1000 / $secs")") files/s ($(calc "$t1 - $t0") s to the end of cp, $secs s until listed)," \
+        "$(calc "($cpu1 - $cpu0) / $CLK_TCK") CPU s, load $load"
+    [[ -z $m ]] || log "    $m"
+}
+
+# ------------------------------------------------------------------------------------------------
 # The table
 
 # Median of R[$1,$2] formatted with printf format $3; "error" if every run failed, "n/a" if the
@@ -547,8 +737,10 @@ cell() {
     echo "$v$(failed_note "$c" "$m")"
 }
 
+# A row of the table, if its workload ran.
 row() {
     local label=$1 m=$2 f=$3 rawm=$4 ratio=${5:-1} raw c cells=()
+    [[ -n ${SELECTED[${WORKLOAD_OF[$m]}]:-} ]] || return 0
     if [[ -n $rawm ]]; then raw=$(val raw "$rawm" "$f")$(failed_note raw "$rawm"); else raw="—"; fi
     [[ $ratio == 1 ]] || rawm=""
     for c in s3-oidc-mount s3fs rclone; do
@@ -558,7 +750,10 @@ row() {
 }
 
 print_table() {
-    echo "| workload | s3-oidc-mount (--cache-size $CACHE_SIZE) | raw GET client | s3fs | rclone |"
+    local rawname="raw S3 client"
+    ((READS == 1)) || rawname="raw PUT client"
+    [[ -n ${SELECTED[wseq]:-}${SELECTED[wsmall]:-} ]] || rawname="raw GET client"
+    echo "| workload | s3-oidc-mount (--cache-size $CACHE_SIZE) | $rawname | s3fs | rclone |"
     echo "|---|---|---|---|---|"
     row "1a. sequential read, 1 GiB, 1 job (MiB/s); raw: 1 connection" seq1_mibs %.0f seq1c_mibs
     row "1b. same runs; raw: 4 connections × 8 MiB parts" seq1_mibs %.0f seq4c_mibs
@@ -576,6 +771,13 @@ print_table() {
     row "11. process start to mount ready (s)" ready_s %.3f ""
     row "12a. peak RSS, sequential 1 job (MiB)" rss1_mib %.0f rss1_mib 0
     row "12b. peak RSS, sequential 4 jobs (MiB)" rss4_mib %.0f rss4_mib 0
+    row "13a. sequential write, 1 GiB, \`dd bs=1M\` until S3 has it (MiB/s); raw: multipart, 8 MiB parts × 4 in flight" \
+        wseq_mibs %.0f wseq4_mibs
+    row "13b. same runs; raw: 8 MiB parts × 16 in flight" wseq_mibs %.0f wseq16_mibs
+    row "14. client CPU per GiB written (CPU s/GiB); raw: 8 MiB × 4" wcpu_per_gib %.2f wcpu_per_gib
+    row "15. peak RSS, sequential write (MiB)" wrss_mib %.0f ""
+    row "16. \`cp -r\` of 1,000 files of 4 KiB until S3 lists them (files/s); raw: 1,000 PutObjects one at a time" \
+        wsmall_fps %.0f wsmall_fps
 }
 
 # ------------------------------------------------------------------------------------------------
@@ -631,18 +833,24 @@ main() {
         log "warning: nftables unavailable; bytes fetched come from RGW's get_b counter (overcounts aborted GETs)"
     fi
 
-    log "uploading the data set"
-    "$S3BENCH" put-data --bucket "$BUCKET"
+    if ((READS == 1)); then
+        log "uploading the data set"
+        "$S3BENCH" put-data --bucket "$BUCKET"
+    else
+        "$S3BENCH" put-data --bucket "$BUCKET" --bucket-only
+    fi
+    [[ -z ${SELECTED[wseq]:-}${SELECTED[wsmall]:-} ]] || write_sources
 
     log "machine: $(nproc) cores, kernel $(uname -r), $(radosgw --version | awk '{print "ceph", $3}'), fio $(fio --version)"
     log "s3-oidc-mount $(git describe --always --dirty 2>/dev/null || echo '?'), --cache-size $CACHE_SIZE; clients: ${CLIENTS[*]}"
-    log "runs: $RUNS, random reads: ${RAND_SECONDS}s, TTFB samples per run: $TTFB_SAMPLES, load: $(cut -d' ' -f1-3 /proc/loadavg)"
+    log "runs: $RUNS, workloads: ${WORKLOADS[*]}, random reads: ${RAND_SECONDS}s, TTFB samples per run: $TTFB_SAMPLES, load: $(cut -d' ' -f1-3 /proc/loadavg)"
 
     local run w
-    local -A raw_has=([seq1]=1 [seq4]=1 [rand1m]=1 [rand4k]=1 [ttfb]=1 [ls]=1 [find]=1)
+    local -A raw_has=([seq1]=1 [seq4]=1 [rand1m]=1 [rand4k]=1 [ttfb]=1 [ls]=1 [find]=1 [wseq]=1 [wsmall]=1)
     for ((run = 1; run <= RUNS; run++)); do
-        for w in seq1 seq4 rand1m rand4k ttfb ls find stat; do
-            log "run $run/$RUNS: $w"
+        for w in $READ_WORKLOADS $WRITE_WORKLOADS; do
+            [[ -n ${SELECTED[$w]:-} ]] || continue
+            log "run $run/$RUNS: $w (load $(cut -d' ' -f1 /proc/loadavg), RGW's OSD $(osd_rss_mib) MiB)"
             for c in "${CLIENTS[@]}"; do
                 [[ $c == raw && -z ${raw_has[$w]:-} ]] && continue
                 "w_$w" "$c" || fail "$c" "$w"
@@ -651,6 +859,7 @@ main() {
     done
 
     print_table
+    log "load at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
     log "done in $(((SECONDS - t_start) / 60)) min $(((SECONDS - t_start) % 60)) s"
 }
 
